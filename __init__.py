@@ -1,0 +1,23 @@
+"""tda: training-data attribution for language models (TrackStar next to BM25).
+
+Heavy parts load on first use: ``tda.Featurizer``, ``tda.TrackStarConfig``.
+"""
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "TrackStarConfig": "tda.schemas.config",
+    "Featurizer": "tda.engine.featurizer",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'tda' has no attribute {name!r}")
+
+
+__all__ = sorted(_LAZY) + ["__version__"]

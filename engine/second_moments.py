@@ -1,0 +1,234 @@
+"""Optimizer second moments V per parameter: loading, factoring, estimating.
+
+Every moment is kept in its parameter's own storage shape, keyed by the canonical parameter name
+(``model.named_parameters()``). Adam/AdamW ``exp_avg_sq`` is stored in full ([rows, cols]) and
+bias-corrected; Adafactor keeps row and column factors only. ``factors()`` gives the row/column
+means that the factored correction uses, whichever form is held.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import torch
+from torch import nn
+
+OWN_FORMAT = "tda.second_moments/1"
+OWN_FILE = "tda_second_moments.pt"
+TRAINER_FILE = "optimizer.pt"
+
+
+@dataclass
+class Moment:
+    """V for one 2-D parameter, in storage shape [rows, cols]: ``full`` or factors ``row`` [rows]
+    (mean over columns) and ``col`` [cols] (mean over rows)."""
+
+    full: torch.Tensor | None = None
+    row: torch.Tensor | None = None
+    col: torch.Tensor | None = None
+
+    def factors(self) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """(row means [rows], column means [cols], overall mean): V ~= row col^T / mean."""
+        if self.full is not None:
+            v = self.full.double()
+            return v.mean(1), v.mean(0), float(v.mean())
+        row, col = self.row.double(), self.col.double()
+        return row, col, float(row.mean())
+
+    def dense(self) -> torch.Tensor:
+        """V as [rows, cols] (Adafactor's V = row col^T / mean(row))."""
+        if self.full is not None:
+            return self.full.double()
+        row, col, mean = self.factors()
+        return torch.outer(row, col) / max(mean, 1e-300)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        if self.full is not None:
+            return tuple(self.full.shape)
+        return (self.row.shape[0], self.col.shape[0])
+
+
+@dataclass
+class SecondMoments:
+    """Second moments for a model's parameters, and where they came from."""
+
+    moments: dict[str, Moment]
+    source: str
+    optimizer: str = "adam"
+    extra: dict = field(default_factory=dict)
+
+    def __getitem__(self, param_name: str) -> Moment:
+        try:
+            return self.moments[param_name]
+        except KeyError:
+            raise KeyError(f"optimizer state has no second moment for parameter "
+                           f"{param_name!r} ({self.source})") from None
+
+    def check_against(self, model: nn.Module, param_names: Iterable[str]) -> None:
+        """Raise ValueError naming the first parameter that is missing or has the wrong shape."""
+        params = dict(model.named_parameters())
+        for name in param_names:
+            if name not in self.moments:
+                raise ValueError(f"optimizer state {self.source} does not match the model: "
+                                 f"no second moment for parameter {name!r}")
+            want = tuple(params[name].shape)
+            got = self.moments[name].shape
+            if got != want:
+                raise ValueError(f"optimizer state {self.source} does not match the model: "
+                                 f"parameter {name!r} has shape {list(want)}, "
+                                 f"its second moment {list(got)}")
+
+    def save(self, path: str | Path) -> None:
+        """Write the name-keyed tda format (``tda_second_moments.pt``)."""
+        state = {n: {k: v for k, v in vars(m).items() if v is not None}
+                 for n, m in self.moments.items()}
+        torch.save({"format": OWN_FORMAT, "optimizer": self.optimizer, "source": self.source,
+                    "extra": self.extra, "moments": state}, Path(path))
+
+
+def _resolve_file(path: Path) -> Path:
+    if path.is_dir():
+        for name in (OWN_FILE, TRAINER_FILE):
+            if (path / name).is_file():
+                return path / name
+        raise FileNotFoundError(f"{path}: no optimizer state ({OWN_FILE} or {TRAINER_FILE})")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: optimizer state file not found")
+    return path
+
+
+def load_second_moments(path: str | Path, model: nn.Module) -> SecondMoments:
+    """Read second moments saved next to a model.
+
+    ``path`` is a file or a directory holding one of:
+    - ``tda_second_moments.pt``: the name-keyed tda format (``SecondMoments.save``);
+    - ``optimizer.pt`` or any ``torch.save(optimizer.state_dict())``: Adam/AdamW (``exp_avg_sq``)
+      or Adafactor (``exp_avg_sq_row``/``exp_avg_sq_col``); integer parameter ids are mapped
+      back to names through ``param_names`` when the optimizer was built from named parameters,
+      else through the model's parameter order (one group) or the HF Trainer's
+      decay/no-decay grouping (two groups).
+    """
+    file = _resolve_file(Path(path))
+    try:
+        blob = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file
+        raise ValueError(f"{file}: cannot read optimizer state: {e}") from e
+    if isinstance(blob, dict) and blob.get("format") == OWN_FORMAT:
+        moments = {n: Moment(**{k: t.double() for k, t in m.items()})
+                   for n, m in blob["moments"].items()}
+        return SecondMoments(moments, source=str(file), optimizer=blob["optimizer"],
+                             extra=blob.get("extra", {}))
+    if not (isinstance(blob, dict) and "state" in blob and "param_groups" in blob):
+        raise ValueError(f"{file}: not an optimizer state_dict (no 'state'/'param_groups') "
+                         f"and not the {OWN_FORMAT} format")
+    names = _param_names(blob, model, file)
+    moments: dict[str, Moment] = {}
+    kinds = set()
+    for pid, name in names.items():
+        st = blob["state"].get(pid)
+        if not st:
+            continue
+        group = next(g for g in blob["param_groups"] if pid in g["params"])
+        if "exp_avg_sq" in st and st["exp_avg_sq"].dim() == 2:
+            kinds.add("adam")
+            v = st["exp_avg_sq"].double()
+            beta2 = group.get("betas", (0.9, 0.999))[1]
+            step = float(st.get("step", 0))
+            if step > 0:
+                v = v / (1.0 - beta2 ** step)
+            moments[name] = Moment(full=v)
+        elif "exp_avg_sq_row" in st:
+            kinds.add("adafactor")
+            moments[name] = Moment(row=st["exp_avg_sq_row"].double(),
+                                   col=st["exp_avg_sq_col"].double())
+    if not moments:
+        raise ValueError(f"{file}: optimizer state holds no 2-D second moments "
+                         f"(exp_avg_sq or exp_avg_sq_row/col)")
+    return SecondMoments(moments, source=str(file), optimizer="+".join(sorted(kinds)))
+
+
+def _param_names(blob: dict, model: nn.Module, file: Path) -> dict:
+    """Map the state's parameter ids to canonical parameter names, checking shapes."""
+    groups = blob["param_groups"]
+    if all("param_names" in g for g in groups):
+        return {pid: name for g in groups for pid, name in zip(g["params"], g["param_names"])}
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    ids = [pid for g in groups for pid in g["params"]]
+    candidates = []
+    if len(groups) == 1:
+        candidates.append(("model parameter order", [n for n, _ in params]))
+    if len(groups) == 2:
+        decay = _trainer_decay_names(model)
+        ordered = [n for n, _ in params if n in decay] + [n for n, _ in params if n not in decay]
+        if len(groups[0]["params"]) == sum(n in decay for n, _ in params):
+            candidates.append(("HF Trainer decay/no-decay groups", ordered))
+    shapes = {n: tuple(p.shape) for n, p in params}
+    problems = []
+    for how, order in candidates:
+        if len(order) != len(ids):
+            problems.append(f"{how}: the model has {len(order)} trainable parameters, "
+                            f"the state {len(ids)}")
+            continue
+        mapping = dict(zip(ids, order))
+        bad = next(((n, s) for pid, n in mapping.items()
+                    for s in [_state_shape(blob["state"].get(pid))]
+                    if s is not None and s != shapes[n]), None)
+        if bad is None:
+            return mapping
+        problems.append(f"{how}: parameter {bad[0]!r} has shape {list(shapes[bad[0]])}, "
+                        f"the state's entry {list(bad[1])}")
+    detail = "; ".join(problems) or f"{len(groups)} parameter groups and no 'param_names'"
+    raise ValueError(f"{file}: optimizer state does not match the model ({detail})")
+
+
+def _state_shape(st: dict | None) -> tuple | None:
+    if not st:
+        return None
+    if "exp_avg_sq" in st:
+        return tuple(st["exp_avg_sq"].shape)
+    if "exp_avg_sq_row" in st:
+        return tuple(st["exp_avg_sq_row"].shape) + tuple(st["exp_avg_sq_col"].shape[-1:])
+    return None
+
+
+def _trainer_decay_names(model: nn.Module) -> set[str]:
+    """Parameter names the HF Trainer puts in its weight-decay group."""
+    from transformers.trainer_pt_utils import get_parameter_names
+
+    try:
+        from transformers.pytorch_utils import ALL_LAYERNORM_LAYERS
+    except ImportError:  # pragma: no cover - older/newer transformers
+        ALL_LAYERNORM_LAYERS = [nn.LayerNorm]
+    names = get_parameter_names(model, ALL_LAYERNORM_LAYERS, ["bias", "layernorm", "rmsnorm"])
+    return set(names)
+
+
+def estimate_second_moments(model: nn.Module, examples: list[list[int]],
+                            param_names: Iterable[str], loss_fn) -> SecondMoments:
+    """V = mean over ``examples`` of the squared per-example gradient, one backward each.
+
+    ``examples`` are token id lists; ``loss_fn(model, ids)`` returns the scalar example loss.
+    Used when no optimizer state exists; the source string says so.
+    """
+    if not examples:
+        raise ValueError("cannot estimate second moments from zero examples")
+    params = dict(model.named_parameters())
+    wanted = list(dict.fromkeys(param_names))
+    saved = {n: p.requires_grad for n, p in params.items()}
+    sums = {n: torch.zeros(params[n].shape, dtype=torch.float64) for n in wanted}
+    try:
+        for n, p in params.items():
+            p.requires_grad_(n in sums)
+        for ids in examples:
+            grads = torch.autograd.grad(loss_fn(model, ids), [params[n] for n in wanted])
+            for n, g in zip(wanted, grads):
+                sums[n] += g.detach().double().cpu() ** 2
+    finally:
+        for n, p in params.items():
+            p.requires_grad_(saved[n])
+    moments = {n: Moment(full=s / len(examples)) for n, s in sums.items()}
+    return SecondMoments(moments, source=f"estimated: mean squared gradient over "
+                                         f"{len(examples)} examples", optimizer="estimated",
+                         extra={"n_examples": len(examples)})
