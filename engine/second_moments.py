@@ -160,10 +160,11 @@ def _param_names(blob: dict, model: nn.Module, file: Path) -> dict:
     if len(groups) == 1:
         candidates.append(("model parameter order", [n for n, _ in params]))
     if len(groups) == 2:
-        decay = _trainer_decay_names(model)
-        ordered = [n for n, _ in params if n in decay] + [n for n, _ in params if n not in decay]
-        if len(groups[0]["params"]) == sum(n in decay for n, _ in params):
-            candidates.append(("HF Trainer decay/no-decay groups", ordered))
+        for rule, decay in _trainer_decay_rules(model):
+            if len(groups[0]["params"]) == sum(n in decay for n, _ in params):
+                candidates.append((f"HF Trainer decay/no-decay groups ({rule})",
+                                   [n for n, _ in params if n in decay] +
+                                   [n for n, _ in params if n not in decay]))
     shapes = {n: tuple(p.shape) for n, p in params}
     problems = []
     for how, order in candidates:
@@ -193,16 +194,19 @@ def _state_shape(st: dict | None) -> tuple | None:
     return None
 
 
-def _trainer_decay_names(model: nn.Module) -> set[str]:
-    """Parameter names the HF Trainer puts in its weight-decay group."""
+def _trainer_decay_rules(model: nn.Module) -> list[tuple[str, set[str]]]:
+    """Candidate sets of the parameter names the HF Trainer put in its weight-decay group
+    (the rule changed across transformers versions); the caller keeps the one whose group
+    sizes and shapes match the state."""
     from transformers.trainer_pt_utils import get_parameter_names
 
-    try:
-        from transformers.pytorch_utils import ALL_LAYERNORM_LAYERS
-    except ImportError:  # pragma: no cover - older/newer transformers
-        ALL_LAYERNORM_LAYERS = [nn.LayerNorm]
-    names = get_parameter_names(model, ALL_LAYERNORM_LAYERS, ["bias", "layernorm", "rmsnorm"])
-    return set(names)
+    rules = [("biases and norms excluded", get_parameter_names(
+        model, [nn.LayerNorm],
+        [r"bias", r"layernorm", r"rmsnorm", r"(?:^|\.)norm(?:$|\.)", r"_norm(?:$|\.)"])),
+        ("biases, LayerNorm/RMSNorm names excluded", get_parameter_names(
+            model, [nn.LayerNorm], ["bias", "layernorm", "rmsnorm"])),
+        ("matrices only", [n for n, p in model.named_parameters() if p.dim() >= 2])]
+    return [(name, set(names)) for name, names in rules]
 
 
 def estimate_second_moments(model: nn.Module, examples: list[list[int]],
