@@ -151,7 +151,7 @@ class Featurizer:
                 "pass optimizer_state=<path to optimizer.pt or model dir>, a SecondMoments "
                 "(tda.engine.estimate_from_texts), or use correction='none'")
         moments = state if isinstance(state, SecondMoments) else load_second_moments(
-            state, self.model)
+            state, self.model, factors_only=self.config.correction == "factored")
         moments.check_against(self.model, [w.param_name for w in self.weights])
         return moments
 

@@ -99,8 +99,13 @@ def _resolve_file(path: Path) -> Path:
     return path
 
 
-def load_second_moments(path: str | Path, model: nn.Module) -> SecondMoments:
+def load_second_moments(path: str | Path, model: nn.Module,
+                        factors_only: bool = False) -> SecondMoments:
     """Read second moments saved next to a model.
+
+    ``factors_only`` keeps only each full moment's row and column means (what the factored
+    correction needs): the file is memory-mapped and reduced one parameter at a time, so an
+    8B model's optimizer state never sits in memory whole.
 
     ``path`` is a file or a directory holding one of:
     - ``tda_second_moments.pt``: the name-keyed tda format (``SecondMoments.save``);
@@ -111,12 +116,9 @@ def load_second_moments(path: str | Path, model: nn.Module) -> SecondMoments:
       decay/no-decay grouping (two groups).
     """
     file = _resolve_file(Path(path))
-    try:
-        blob = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file
-        raise ValueError(f"{file}: cannot read optimizer state: {e}") from e
+    blob = _torch_load(file)
     if isinstance(blob, dict) and blob.get("format") == OWN_FORMAT:
-        moments = {n: Moment(**{k: t.double() for k, t in m.items()})
+        moments = {n: _reduce(Moment(**{k: t.double() for k, t in m.items()}), factors_only)
                    for n, m in blob["moments"].items()}
         return SecondMoments(moments, source=str(file), optimizer=blob["optimizer"],
                              extra=blob.get("extra", {}))
@@ -138,7 +140,7 @@ def load_second_moments(path: str | Path, model: nn.Module) -> SecondMoments:
             step = float(st.get("step", 0))
             if step > 0:
                 v = v / (1.0 - beta2 ** step)
-            moments[name] = Moment(full=v)
+            moments[name] = _reduce(Moment(full=v), factors_only)
         elif "exp_avg_sq_row" in st:
             kinds.add("adafactor")
             moments[name] = Moment(row=st["exp_avg_sq_row"].double(),
@@ -147,6 +149,22 @@ def load_second_moments(path: str | Path, model: nn.Module) -> SecondMoments:
         raise ValueError(f"{file}: optimizer state holds no 2-D second moments "
                          f"(exp_avg_sq or exp_avg_sq_row/col)")
     return SecondMoments(moments, source=str(file), optimizer="+".join(sorted(kinds)))
+
+
+def _torch_load(file: Path):
+    """torch.load, memory-mapped when the file is a zip archive (any torch >= 1.6 save)."""
+    import zipfile
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True,
+                          mmap=zipfile.is_zipfile(file))
+    except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file
+        raise ValueError(f"{file}: cannot read optimizer state: {e}") from e
+
+
+def _reduce(moment: Moment, factors_only: bool) -> Moment:
+    if not factors_only or moment.full is None:
+        return moment
+    return Moment(row=moment.full.mean(1), col=moment.full.mean(0))
 
 
 def _param_names(blob: dict, model: nn.Module, file: Path) -> dict:

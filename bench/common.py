@@ -1,0 +1,66 @@
+"""Shared benchmark fixtures: real sentences and small trained models, cached in .cache/bench."""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("TDA_DATA", REPO.parent / "shared" / "data"))
+CACHE = REPO / ".cache" / "bench"
+
+
+def sentences(n: int, offset: int = 0) -> list[str]:
+    from tda.evaluation.lama import read_sentences
+    return read_sentences(DATA / "lama-trex", offset + n)[offset:]
+
+
+def trained_model(name: str, arch: str, preset: str, vocab: int, n_train: int,
+                  epochs: int = 1) -> Path:
+    """A model trained on the first ``n_train`` LAMA sentences with AdamW; its directory holds
+    the model, the tokenizer and ``optimizer.pt`` (an id-keyed torch state_dict). Cached."""
+    out = CACHE / name
+    if (out / "optimizer.pt").is_file():
+        return out
+    from tda.evaluation.models import new_model
+    from tda.evaluation.tokenizer import train_bpe_tokenizer
+    from tda.evaluation.train import train_lm
+
+    texts = sentences(n_train)
+    tok = train_bpe_tokenizer(texts, vocab_size=vocab)
+    model = new_model(arch, preset, tok)
+    result = train_lm(model, tok, texts, epochs=epochs, batch_size=32, lr=2e-3)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    state = result.optimizer.state_dict()
+    for g in state["param_groups"]:
+        g.pop("param_names", None)
+    torch.save(state, out / "optimizer.pt")
+    return out
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def best_of(fn, rounds: int) -> float:
+    """Fastest wall time of ``rounds`` calls of fn(), seconds."""
+    times = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def emit(result: dict, out: str | None) -> None:
+    text = json.dumps(result, indent=2)
+    print(text)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text + "\n")
