@@ -2,12 +2,17 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import sys
 import typing
 
 import click
 
 from tda import __version__
+from tda.schemas.config import TrackStarConfig
+from tda.schemas.corpus import CorpusOptions
+from tda.schemas.index import IndexOptions
 
 
 def config_options(cls):
@@ -49,6 +54,81 @@ def main() -> None:
     TrackStar (projected, optimizer-corrected, normalized loss gradients) searched like
     embeddings, next to a BM25 baseline.
     """
+
+
+def fail(message: str) -> None:
+    """One clear line on stderr, exit code 1."""
+    click.echo(f"error: {message}", err=True)
+    sys.exit(1)
+
+
+@main.command("index")
+@click.option("--model", "model_dir", required=True, type=click.Path(file_okay=False),
+              help="Hugging Face causal LM directory (config, weights, tokenizer).")
+@click.option("--corpus", "corpus", required=True, multiple=True,
+              help="Corpus file or directory (.jsonl, .txt, .parquet, datasets dir); repeat "
+                   "or list several.")
+@click.option("--out", required=True, help="Index path (a directory, or any fsspec URL).")
+@click.option("--optimizer-state", type=click.Path(exists=True), default=None,
+              help="Optimizer state (file or dir). Default: the model directory's "
+                   "optimizer.pt / tda_second_moments.pt, else estimated from the corpus.")
+@click.option("--estimate-examples", type=int, default=256, show_default=True,
+              help="Documents used to estimate second moments when no optimizer state exists.")
+@click.option("--overwrite", is_flag=True, help="Replace whatever is at --out.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@config_options(IndexOptions)
+@config_options(CorpusOptions)
+@config_options(TrackStarConfig)
+@click.argument("more_corpus", nargs=-1, required=False)
+def index_cmd(model_dir, corpus, out, optimizer_state, estimate_examples, overwrite, no_progress,
+              as_json, more_corpus, **kwargs):
+    """Featurize a corpus into a resumable TrackStar index (+ BM25).
+
+    Run as is for one process, or under torchrun for many:
+    `torchrun --nproc-per-node 8 $(which tda) index ...`. Rerunning the same command after a
+    crash finishes the index, with any number of ranks.
+    """
+    from tda.indexer.build import BuildError, build_index
+    from tda.indexer.readers import CorpusError
+    config, kwargs = pick(TrackStarConfig, kwargs)
+    options, kwargs = pick(IndexOptions, kwargs)
+    corpus_options, kwargs = pick(CorpusOptions, kwargs)
+    try:
+        summary = build_index(model_dir, list(corpus) + list(more_corpus), out, config, options,
+                              corpus_options, optimizer_state, estimate_examples, overwrite,
+                              progress=not no_progress and not as_json)
+    except (BuildError, CorpusError, FileNotFoundError, ValueError) as e:
+        fail(str(e))
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    if as_json:
+        click.echo(json.dumps(summary.to_dict(), indent=2))
+    else:
+        s = summary
+        click.echo(f"indexed {s.documents} documents -> {s.examples} examples, {s.tokens:,} "
+                   f"tokens in {s.seconds:.1f} s ({s.tokens_per_s:,.0f} tok/s over {s.ranks} "
+                   f"rank(s)); shards written {s.shards_written}, already complete "
+                   f"{s.shards_already_complete} of {s.shards_total}")
+        click.echo(f"skipped: {s.skipped_empty} empty, {s.skipped_bad} bad"
+                   + "".join(f"\n  {x}" for x in s.skipped_examples[:10]))
+        if s.bm25_documents is not None:
+            click.echo(f"bm25: {s.bm25_documents} documents")
+        click.echo(f"index: {s.index}")
+
+
+@main.command("info")
+@click.argument("index")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def info_cmd(index, as_json):
+    """What an index holds: manifest, counts, size, unfinished shards, BM25, profiles."""
+    from tda.indexer.info import index_info, render_info
+    from tda.indexer.store import IndexError_
+    try:
+        info = index_info(index)
+    except IndexError_ as e:
+        fail(str(e))
+    click.echo(json.dumps(info, indent=2) if as_json else render_info(info))
 
 
 if __name__ == "__main__":  # pragma: no cover

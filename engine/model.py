@@ -21,7 +21,9 @@ def load_model(path: str | Path, dtype: str = "float32", device: str | torch.dev
     Returns ``(model, tokenizer)``, the model in eval mode on ``device``.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()
     path = Path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path}: not a model directory (no config.json)")
@@ -31,11 +33,12 @@ def load_model(path: str | Path, dtype: str = "float32", device: str | torch.dev
 
 
 def model_fingerprint(path: str | Path) -> str:
-    """sha256 over a model directory's config and weight files (hex, first 16 chars)."""
+    """sha256 over a model directory's config, weight and tokenizer files (hex, 16 chars)."""
     path = Path(path)
     h = hashlib.sha256()
-    files = sorted(p for p in path.iterdir()
-                   if p.name == "config.json" or p.suffix in (".safetensors", ".bin"))
+    files = sorted(p for p in path.iterdir() if p.is_file() and (
+        p.name == "config.json" or p.suffix in (".safetensors", ".bin")
+        or p.name.startswith(("tokenizer", "vocab", "merges", "special_tokens"))))
     if not files:
         raise FileNotFoundError(f"{path}: no config.json or weight files")
     for p in files:

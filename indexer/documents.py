@@ -1,0 +1,121 @@
+"""From corpus records to the examples of each shard: validation, skipping, chunking."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from tda.engine.batching import Sequence
+from tda.indexer.readers import CorpusError, read_corpus
+from tda.schemas.corpus import BadRecord, CorpusOptions, Document
+
+MAX_REPORTED = 20
+
+
+@dataclass
+class CorpusScan:
+    """What a pass over the corpus found: documents kept, and what was skipped and why."""
+
+    documents: int = 0
+    empty: int = 0
+    bad: int = 0
+    examples_of_bad: list[str] = field(default_factory=list)
+    examples_of_empty: list[str] = field(default_factory=list)
+
+
+def valid_documents(paths, options: CorpusOptions, scan: CorpusScan | None = None
+                    ) -> Iterator[Document]:
+    """The documents that get indexed, in corpus order: bad records stop the stream with a
+    CorpusError naming file and line (or are skipped and counted with ``skip_bad``); empty
+    texts are skipped and counted. Every rank applies the same rule, so document ordinals agree.
+    """
+    scan = scan if scan is not None else CorpusScan()
+    for rec in read_corpus(paths, options):
+        if isinstance(rec, BadRecord):
+            if not options.skip_bad:
+                raise CorpusError(f"{rec} (use --skip-bad to skip and count such records)")
+            scan.bad += 1
+            if len(scan.examples_of_bad) < MAX_REPORTED:
+                scan.examples_of_bad.append(str(rec))
+            continue
+        if not rec.text.strip():
+            scan.empty += 1
+            if len(scan.examples_of_empty) < MAX_REPORTED:
+                scan.examples_of_empty.append(f"{rec.source}:{rec.line}")
+            continue
+        scan.documents += 1
+        yield rec
+
+
+def scan_corpus(paths, options: CorpusOptions) -> CorpusScan:
+    """Read the whole corpus once: counts, bad records, and duplicate ids (an error naming both
+    places). Memory: a 64-bit id hash per document (~50 bytes in a Python set)."""
+    scan = CorpusScan()
+    seen: set[int] = set()
+    for doc in valid_documents(paths, options, scan):
+        key = _id_hash(doc.id)
+        if key in seen:
+            first = next(d for d in valid_documents(paths, options) if d.id == doc.id)
+            raise CorpusError(f"{doc.source}:{doc.line}: duplicate id {doc.id!r} "
+                              f"(first at {first.source}:{first.line})")
+        seen.add(key)
+    return scan
+
+
+def _id_hash(doc_id: str) -> int:
+    return int.from_bytes(hashlib.blake2b(doc_id.encode(), digest_size=8).digest(), "little")
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training example: a document or one chunk of it."""
+
+    id: str
+    doc_id: str
+    text: str
+    sequence: Sequence
+
+
+def chunk_document(doc: Document, tokenizer, max_len: int) -> list[Example]:
+    """Split a document into examples of at most ``max_len`` tokens. A document that fits keeps
+    its id; a longer one becomes ceil(n / max_len) near-equal chunks with ids DOCID#0, DOCID#1,
+    ... whose texts are the matching character spans. Documents of a single token are dropped
+    (nothing to predict): the list is empty."""
+    enc = tokenizer(doc.text, add_special_tokens=True, return_offsets_mapping=True)
+    ids, offsets = enc["input_ids"], enc["offset_mapping"]
+    n = len(ids)
+    if n < 2:
+        return []
+    if n <= max_len:
+        return [Example(doc.id, doc.id, doc.text, Sequence(tuple(ids), 1))]
+    pieces = -(-n // max_len)
+    size = -(-n // pieces)
+    out = []
+    for j, start in enumerate(range(0, n, size)):
+        end = min(start + size, n)
+        spans = [o for o in offsets[start:end] if o[1] > o[0]]
+        text = doc.text[spans[0][0]:spans[-1][1]] if spans else ""
+        out.append(Example(f"{doc.id}#{j}", doc.id, text, Sequence(tuple(ids[start:end]), 1)))
+    return out
+
+
+def shard_documents(paths, options: CorpusOptions, shard_size: int,
+                    wanted: set[int]) -> Iterator[tuple[int, list[Document]]]:
+    """(shard index, its documents) for the shards in ``wanted``, in order. Shard s holds valid
+    documents [s * shard_size, (s + 1) * shard_size). Stops once every wanted shard is out."""
+    if not wanted:
+        return
+    last = max(wanted)
+    current: list[Document] = []
+    shard = 0
+    for i, doc in enumerate(valid_documents(paths, options)):
+        shard = i // shard_size
+        if shard > last:
+            return
+        if shard in wanted:
+            current.append(doc)
+            if (i + 1) % shard_size == 0:
+                yield shard, current
+                current = []
+    if current:
+        yield shard, current

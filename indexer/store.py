@@ -1,0 +1,191 @@
+"""The Zarr index: manifest, shards with completion markers, BM25 status (layout in
+schemas/index.py). Ranks write disjoint shards without locks; readers trust only marked shards.
+"""
+from __future__ import annotations
+
+import hashlib
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from tda.schemas.index import (BM25_DIR, BM25_KEY, COMPLETE_KEY, MANIFEST_KEY, SHARDS,
+                               Manifest, shard_name)
+
+ROW_CHUNK = 1024
+warnings.filterwarnings("ignore", message=".*vlen-utf8.*")
+warnings.filterwarnings("ignore", message=".*VariableLengthUTF8.*")
+
+
+class IndexError_(ValueError):
+    """The index cannot be used as asked; the message names it and the problem."""
+
+
+class IndexMissing(IndexError_):
+    """Nothing (or an empty directory) at the index path."""
+
+
+@dataclass
+class ShardRows:
+    """One shard's rows, in corpus order. ``vectors`` [rows, d] float32."""
+
+    vectors: np.ndarray
+    ids: list[str]
+    doc_ids: list[str]
+    texts: list[str]
+    n_tokens: np.ndarray
+    loss: np.ndarray
+    norm: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def _compressor():
+    return [zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")]
+
+
+def checksum(vectors_stored: np.ndarray, ids: list[str]) -> str:
+    """sha256 (hex) of a shard's stored vector bytes and its ids."""
+    h = hashlib.sha256(np.ascontiguousarray(vectors_stored).tobytes())
+    h.update("\n".join(ids).encode())
+    return h.hexdigest()
+
+
+def to_storage(vectors: np.ndarray, storage_dtype: str) -> np.ndarray:
+    """float32 [n, d] -> stored array: float16, or bfloat16 bits as uint16."""
+    if storage_dtype == "float16":
+        return vectors.astype(np.float16)
+    import torch
+    return torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32)) \
+        .to(torch.bfloat16).view(torch.uint16).numpy()
+
+
+def from_storage(stored: np.ndarray, storage_dtype: str) -> np.ndarray:
+    """Stored array -> float32."""
+    if storage_dtype == "float16":
+        return stored.astype(np.float32)
+    import torch
+    return torch.from_numpy(np.ascontiguousarray(stored)).view(torch.bfloat16).float().numpy()
+
+
+class IndexStore:
+    """One index group at a local path or any fsspec URL Zarr supports."""
+
+    def __init__(self, url: str | Path, root: zarr.Group):
+        self.url = str(url)
+        self.root = root
+
+    # ---------------------------------------------------------------- opening
+    @classmethod
+    def open(cls, url: str | Path, mode: str = "r") -> "IndexStore":
+        """Open an existing index; IndexError_ when there is none or it is not a tda index."""
+        if _is_local(url) and (not Path(url).exists() or (
+                Path(url).is_dir() and not any(Path(url).iterdir()))):
+            raise IndexMissing(f"{url}: no such index")
+        try:
+            root = zarr.open_group(str(url), mode=mode)
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError) as e:
+            raise IndexMissing(f"{url}: no such index ({e})") from None
+        except (ValueError, NotADirectoryError) as e:
+            raise IndexError_(f"{url}: not a Zarr index ({e})") from None
+        if MANIFEST_KEY not in root.attrs:
+            raise IndexError_(f"{url}: a Zarr group but not a tda index (no manifest)")
+        return cls(url, root)
+
+    @classmethod
+    def create(cls, url: str | Path, manifest: Manifest) -> "IndexStore":
+        """Create a new index with ``manifest``; refuses a path that holds anything."""
+        if _is_local(url) and Path(url).exists() and any(Path(url).iterdir()):
+            raise IndexError_(f"{url}: exists and is not empty")
+        root = zarr.open_group(str(url), mode="w")
+        root.attrs[MANIFEST_KEY] = manifest.to_dict()
+        root.require_group(SHARDS)
+        return cls(url, root)
+
+    @property
+    def manifest(self) -> Manifest:
+        return Manifest.from_dict(self.root.attrs[MANIFEST_KEY])
+
+    @property
+    def local_path(self) -> Path | None:
+        return Path(self.url) if _is_local(self.url) else None
+
+    # ---------------------------------------------------------------- shards
+    def _shards(self) -> zarr.Group:
+        return self.root.require_group(SHARDS) if not self.root.read_only else self.root[SHARDS]
+
+    def shard_names(self) -> list[str]:
+        if SHARDS not in self.root:
+            return []
+        return sorted(self._shards().group_keys())
+
+    def shard_status(self) -> dict[int, dict | None]:
+        """Every shard present: its completion marker, or None when incomplete or unreadable."""
+        out: dict[int, dict | None] = {}
+        shards = self._shards() if SHARDS in self.root else None
+        for name in self.shard_names():
+            try:
+                out[int(name)] = shards[name].attrs.get(COMPLETE_KEY)
+            except Exception:  # noqa: BLE001 - a half-written zarr.json reads as incomplete
+                out[int(name)] = None
+        return out
+
+    def complete_shards(self) -> dict[int, int]:
+        """{shard index: rows} of the shards with a completion marker."""
+        return {i: m["rows"] for i, m in self.shard_status().items() if m}
+
+    def write_shard(self, index: int, rows: ShardRows, storage_dtype: str) -> None:
+        """Write one shard; any earlier incomplete copy is removed first. The marker (with the
+        checksum) goes last, so a crash at any point leaves no shard that reads as complete."""
+        shards = self._shards()
+        name = shard_name(index)
+        if name in shards:
+            del shards[name]
+        g = shards.create_group(name)
+        n = len(rows)
+        stored = to_storage(rows.vectors, storage_dtype)
+        chunk = max(1, min(ROW_CHUNK, n))
+        arr = g.create_array("vectors", shape=stored.shape, dtype=stored.dtype,
+                             chunks=(chunk, stored.shape[1]), compressors=_compressor())
+        arr[:] = stored
+        for key, values in (("ids", rows.ids), ("doc_ids", rows.doc_ids), ("text", rows.texts)):
+            a = g.create_array(key, shape=(n,), dtype=str, chunks=(chunk,))
+            a[:] = np.asarray(values, dtype=object)
+        for key, values, dt in (("n_tokens", rows.n_tokens, np.int32),
+                                ("loss", rows.loss, np.float32), ("norm", rows.norm, np.float32)):
+            a = g.create_array(key, shape=(n,), dtype=dt, chunks=(chunk,))
+            a[:] = np.asarray(values, dtype=dt)
+        g.attrs[COMPLETE_KEY] = {"rows": n, "checksum": checksum(stored, list(rows.ids))}
+
+    def read_shard(self, index: int, fields: tuple[str, ...] = ("vectors", "ids")) -> dict:
+        """The named arrays of a complete shard (vectors as float32)."""
+        name = shard_name(index)
+        g = self._shards()[name]
+        if not g.attrs.get(COMPLETE_KEY):
+            raise IndexError_(f"{self.url}: shard {name} is incomplete")
+        dtype = self.manifest.layout["storage_dtype"]
+        out: dict[str, Any] = {}
+        for f in fields:
+            data = g[f][:]
+            out[f] = from_storage(data, dtype) if f == "vectors" else data
+        return out
+
+    # ---------------------------------------------------------------- BM25
+    @property
+    def bm25_path(self) -> Path | None:
+        return self.local_path / BM25_DIR if self.local_path else None
+
+    @property
+    def bm25_status(self) -> dict | None:
+        return self.root.attrs.get(BM25_KEY)
+
+    def set_bm25_status(self, status: dict) -> None:
+        self.root.attrs[BM25_KEY] = status
+
+
+def _is_local(url: str | Path) -> bool:
+    return "://" not in str(url) or str(url).startswith("file://")
