@@ -120,8 +120,8 @@ def load_second_moments(path: str | Path, model: nn.Module,
     if isinstance(blob, dict) and blob.get("format") == OWN_FORMAT:
         moments = {n: _reduce(Moment(**{k: t.double() for k, t in m.items()}), factors_only)
                    for n, m in blob["moments"].items()}
-        return SecondMoments(moments, source=str(file), optimizer=blob["optimizer"],
-                             extra=blob.get("extra", {}))
+        return SecondMoments(moments, source=blob.get("source") or str(file),
+                             optimizer=blob["optimizer"], extra=blob.get("extra", {}))
     if not (isinstance(blob, dict) and "state" in blob and "param_groups" in blob):
         raise ValueError(f"{file}: not an optimizer state_dict (no 'state'/'param_groups') "
                          f"and not the {OWN_FORMAT} format")

@@ -123,6 +123,8 @@ def _build(ranks, model_dir, corpus, out, config, options, corpus_options, optim
         tool_version=__version__)
     n_shards = -(-scan.documents // options.shard_size)
     todo, already = _on_main(ranks, lambda: _open_or_create(out, manifest, n_shards))
+    if ranks.is_main:
+        _keep_estimate(out, moments)
     store = IndexStore.open(out, mode="r+")
     mine = todo[ranks.rank::ranks.world]
 
@@ -208,14 +210,18 @@ def _second_moments(ranks, model, tokenizer, model_dir, files, corpus_options, c
             texts.append(doc.text)
             if len(texts) >= estimate_examples:
                 break
-        moments = estimate_from_texts(model, tokenizer, texts, config)
-        if saved is not None:
-            saved.parent.mkdir(parents=True, exist_ok=True)
-            moments.save(saved)
-        return moments
+        return estimate_from_texts(model, tokenizer, texts, config)
 
-    moments = _on_main(ranks, estimate)
-    return moments
+    return _on_main(ranks, estimate)
+
+
+def _keep_estimate(out: str, moments: SecondMoments | None) -> None:
+    """Save estimated second moments inside a local index, so a resumed build reuses them."""
+    if moments is None or moments.optimizer != "estimated" or "://" in out:
+        return
+    saved = Path(out) / ESTIMATE_FILE
+    if not saved.is_file():
+        moments.save(saved)
 
 
 def _featurize_shards(ranks, featurizer: Featurizer, store: IndexStore, files, corpus_options,

@@ -89,10 +89,9 @@ def chunk_document(doc: Document, tokenizer, max_len: int) -> list[Example]:
     if n <= max_len:
         return [Example(doc.id, doc.id, doc.text, Sequence(tuple(ids), 1))]
     pieces = -(-n // max_len)
-    size = -(-n // pieces)
     out = []
-    for j, start in enumerate(range(0, n, size)):
-        end = min(start + size, n)
+    for j in range(pieces):
+        start, end = j * n // pieces, (j + 1) * n // pieces
         spans = [o for o in offsets[start:end] if o[1] > o[0]]
         text = doc.text[spans[0][0]:spans[-1][1]] if spans else ""
         out.append(Example(f"{doc.id}#{j}", doc.id, text, Sequence(tuple(ids[start:end]), 1)))

@@ -86,6 +86,8 @@ class IndexStore:
         if _is_local(url) and (not Path(url).exists() or (
                 Path(url).is_dir() and not any(Path(url).iterdir()))):
             raise IndexMissing(f"{url}: no such index")
+        if _is_local(url) and not (Path(url) / "zarr.json").is_file():
+            raise IndexError_(f"{url}: exists but is not a tda index (no zarr.json)")
         try:
             root = zarr.open_group(str(url), mode=mode)
         except (FileNotFoundError, zarr.errors.GroupNotFoundError) as e:

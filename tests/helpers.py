@@ -16,6 +16,22 @@ def sentences(n: int, relations=None) -> list[str]:
     return read_sentences(LAMA, n, relations)
 
 
+def fact_sentences(n: int, relations=("P19", "P1412", "P176", "P140"), skip: int = 0):
+    """(fact, one sentence stating it) for ``n`` facts taken round-robin from ``relations``,
+    distinct sentences, after skipping the first ``skip`` facts of each relation."""
+    from tda.evaluation.lama import read_facts
+    per = [list(read_facts(LAMA, [r]))[skip:] for r in relations]
+    out, seen = [], set()
+    for i in range(max(map(len, per))):
+        for facts in per:
+            if i < len(facts) and len(out) < n:
+                s = next((x for x in facts[i].sentences if x not in seen), None)
+                if s is not None:
+                    seen.add(s)
+                    out.append((facts[i], s))
+    return out
+
+
 def build_tiny_model(out: Path, arch: str, texts: list[str], steps_epochs: int = 2,
                      seed: int = 0) -> Path:
     """Train a tokenizer and a tiny ``arch`` model on ``texts``; save model, tokenizer and the
