@@ -36,6 +36,11 @@ class Moment:
         row, col = self.row.double(), self.col.double()
         return row, col, float(row.mean())
 
+    def factored(self) -> "Moment":
+        """The same moment as row and column means only (what the factored correction uses)."""
+        return self if self.full is None else Moment(row=self.full.mean(1),
+                                                     col=self.full.mean(0))
+
     def dense(self) -> torch.Tensor:
         """V as [rows, cols] (Adafactor's V = row col^T / mean(row))."""
         if self.full is not None:
@@ -65,6 +70,11 @@ class SecondMoments:
         except KeyError:
             raise KeyError(f"optimizer state has no second moment for parameter "
                            f"{param_name!r} ({self.source})") from None
+
+    def factored(self) -> "SecondMoments":
+        """A copy holding only row/column means."""
+        return SecondMoments({n: m.factored() for n, m in self.moments.items()}, self.source,
+                             self.optimizer, dict(self.extra))
 
     def check_against(self, model: nn.Module, param_names: Iterable[str]) -> None:
         """Raise ValueError naming the first parameter that is missing or has the wrong shape."""
@@ -162,9 +172,7 @@ def _torch_load(file: Path):
 
 
 def _reduce(moment: Moment, factors_only: bool) -> Moment:
-    if not factors_only or moment.full is None:
-        return moment
-    return Moment(row=moment.full.mean(1), col=moment.full.mean(0))
+    return moment.factored() if factors_only else moment
 
 
 def _param_names(blob: dict, model: nn.Module, file: Path) -> dict:

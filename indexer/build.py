@@ -31,7 +31,6 @@ from tda.indexer.store import IndexError_, IndexMissing, IndexStore, ShardRows
 from tda.schemas.corpus import CorpusOptions
 from tda.schemas.index import IndexOptions, Manifest
 
-ESTIMATE_FILE = "second_moments.pt"
 
 
 class BuildError(RuntimeError):
@@ -122,9 +121,7 @@ def _build(ranks, model_dir, corpus, out, config, options, corpus_options, optim
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         tool_version=__version__)
     n_shards = -(-scan.documents // options.shard_size)
-    todo, already = _on_main(ranks, lambda: _open_or_create(out, manifest, n_shards))
-    if ranks.is_main:
-        _keep_estimate(out, moments)
+    todo, already = _on_main(ranks, lambda: _open_or_create(out, manifest, n_shards, moments))
     store = IndexStore.open(out, mode="r+")
     mine = todo[ranks.rank::ranks.world]
 
@@ -163,9 +160,10 @@ def _remove(out: str) -> None:
         shutil.rmtree(out)
 
 
-def _open_or_create(out: str, manifest: Manifest, n_shards: int) -> tuple[list[int], int]:
-    """Create the index, or check that the existing one was built with the same settings.
-    Returns (shards still to build, shards already complete)."""
+def _open_or_create(out: str, manifest: Manifest, n_shards: int,
+                    moments: SecondMoments | None) -> tuple[list[int], int]:
+    """Create the index, or check that the existing one was built with the same settings, and
+    make sure it holds the second moments. Returns (shards to build, shards already complete)."""
     try:
         store = IndexStore.open(out, mode="r+")
     except IndexMissing:
@@ -178,6 +176,8 @@ def _open_or_create(out: str, manifest: Manifest, n_shards: int) -> tuple[list[i
             raise BuildError(f"{out} is an index built with other settings; refusing to mix "
                              f"(" + "; ".join(diffs[:5]) + "). Use another --out, or "
                              "--overwrite to replace it.")
+    if moments is not None and store.read_moments() is None:
+        store.write_moments(moments)
     complete = store.complete_shards()
     stray = sorted(i for i in complete if i >= n_shards)
     if stray:
@@ -188,7 +188,7 @@ def _open_or_create(out: str, manifest: Manifest, n_shards: int) -> tuple[list[i
 def _second_moments(ranks, model, tokenizer, model_dir, files, corpus_options, config,
                     optimizer_state, estimate_examples, out) -> SecondMoments | None:
     """The optimizer state to correct with: the given path, else the model directory's, else an
-    estimate from the first corpus documents (saved beside a local index and reused)."""
+    estimate from the first corpus documents (stored in the index and reused on resume)."""
     if config.correction == "none":
         return None
     factored = config.correction == "factored"
@@ -200,28 +200,23 @@ def _second_moments(ranks, model, tokenizer, model_dir, files, corpus_options, c
             return load_second_moments(source, model, factors_only=factored)
         except (FileNotFoundError, ValueError) as e:
             raise BuildError(str(e)) from None
-    saved = Path(out) / ESTIMATE_FILE if "://" not in out else None
 
     def estimate():
-        if saved is not None and saved.is_file():
-            return load_second_moments(saved, model, factors_only=factored)
+        try:                  # a resumed build reuses the estimate stored in its index
+            stored = IndexStore.open(out).read_moments()
+        except IndexError_:
+            stored = None
+        if stored is not None and stored.optimizer == "estimated":
+            return stored
         texts = []
         for doc in valid_documents(files, corpus_options):
             texts.append(doc.text)
             if len(texts) >= estimate_examples:
                 break
-        return estimate_from_texts(model, tokenizer, texts, config)
+        moments = estimate_from_texts(model, tokenizer, texts, config)
+        return moments.factored() if factored else moments
 
     return _on_main(ranks, estimate)
-
-
-def _keep_estimate(out: str, moments: SecondMoments | None) -> None:
-    """Save estimated second moments inside a local index, so a resumed build reuses them."""
-    if moments is None or moments.optimizer != "estimated" or "://" in out:
-        return
-    saved = Path(out) / ESTIMATE_FILE
-    if not saved.is_file():
-        moments.save(saved)
 
 
 def _featurize_shards(ranks, featurizer: Featurizer, store: IndexStore, files, corpus_options,

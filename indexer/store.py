@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import zarr
 
-from tda.schemas.index import (BM25_DIR, BM25_KEY, COMPLETE_KEY, MANIFEST_KEY, SHARDS,
-                               Manifest, shard_name)
+from tda.schemas.index import (BM25_DIR, BM25_KEY, COMPLETE_KEY, MANIFEST_KEY, MOMENTS,
+                               SHARDS, Manifest, shard_name)
 
 ROW_CHUNK = 1024
 warnings.filterwarnings("ignore", message=".*vlen-utf8.*")
@@ -175,6 +175,40 @@ class IndexStore:
             data = g[f][:]
             out[f] = from_storage(data, dtype) if f == "vectors" else data
         return out
+
+    # ---------------------------------------------------------------- second moments
+    def write_moments(self, moments) -> None:
+        """Store the second moments the vectors were corrected with (all a query needs), so
+        the index is self-contained. Marked complete last."""
+        if MOMENTS in self.root:
+            del self.root[MOMENTS]
+        g = self.root.create_group(MOMENTS)
+        names = sorted(moments.moments)
+        for i, name in enumerate(names):
+            for part, t in vars(moments.moments[name]).items():
+                if t is not None:
+                    arr = g.create_array(f"{i:05d}_{part}", shape=tuple(t.shape),
+                                         dtype="float64", compressors=_compressor())
+                    arr[:] = t.double().numpy()
+        g.attrs[COMPLETE_KEY] = {"names": names, "source": moments.source,
+                                 "optimizer": moments.optimizer, "extra": moments.extra}
+
+    def read_moments(self):
+        """The stored SecondMoments, or None when the index has none (correction 'none')."""
+        import torch
+
+        from tda.engine.second_moments import Moment, SecondMoments
+        if MOMENTS not in self.root or not self.root[MOMENTS].attrs.get(COMPLETE_KEY):
+            return None
+        g = self.root[MOMENTS]
+        meta = g.attrs[COMPLETE_KEY]
+        moments = {}
+        for i, name in enumerate(meta["names"]):
+            parts = {part: torch.from_numpy(g[f"{i:05d}_{part}"][:])
+                     for part in ("full", "row", "col") if f"{i:05d}_{part}" in g}
+            moments[name] = Moment(**parts)
+        return SecondMoments(moments, source=meta["source"], optimizer=meta["optimizer"],
+                             extra=meta.get("extra", {}))
 
     # ---------------------------------------------------------------- BM25
     @property

@@ -11,6 +11,8 @@ Layout of one index group::
         n_tokens [rows] int32, loss [rows] float32 (nats), norm [rows] float32 (before normalizing)
         attributes "complete": {"rows", "checksum"} written last: a shard without it does not
         exist
+    second_moments/           the optimizer second moments the vectors were corrected with
+                              (row/column factors, or full for the exact correction)
     bm25/                     Lucene index over the same ids (local paths)
     profiles/<name>/          correction profiles (see the Hessian issue)
 """
@@ -29,6 +31,7 @@ COMPLETE_KEY = "complete"
 SHARDS = "shards"
 BM25_DIR = "bm25"
 PROFILES = "profiles"
+MOMENTS = "second_moments"
 ROW_ARRAYS = ("vectors", "ids", "doc_ids", "text", "n_tokens", "loss", "norm")
 
 
