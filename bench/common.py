@@ -58,6 +58,18 @@ def best_of(fn, rounds: int) -> float:
     return min(times)
 
 
+def interleaved(fns: dict, rounds: int) -> dict[str, float]:
+    """Fastest wall time (s) of each fn over ``rounds`` rounds, each round running every fn
+    once in turn, so slow spells of a shared machine hit all of them."""
+    best = {name: float("inf") for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t)
+    return best
+
+
 def emit(result: dict, out: str | None) -> None:
     text = json.dumps(result, indent=2)
     print(text)

@@ -49,6 +49,7 @@ class GradientCollector:
         self.input_embeddings = input_embeddings
         self.mask: torch.Tensor | None = None
         self.leaf: torch.Tensor | None = None   # embedding output [B, T, hidden], the graph's root
+        self.outputs: list[torch.Tensor] = []    # tracked modules' outputs, in forward order
         self._phi: dict[str, torch.Tensor] = {}
         self._handles: list = []
 
@@ -65,12 +66,21 @@ class GradientCollector:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+        self.outputs, self.leaf = [], None
 
     def start(self, mask: torch.Tensor) -> None:
         """Begin a batch; ``mask`` [batch, tokens] is True at real tokens."""
         self.mask = mask
+        self.padded = not bool(mask.all())
         self.leaf = None
+        self.outputs = []
         self._phi.clear()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Backpropagate ``loss`` (a scalar) down to the tracked outputs only: nothing below the
+        earliest tracked layer is computed, and no parameter gets a gradient."""
+        outputs, self.outputs, self.leaf = self.outputs, [], None   # no tensor -> hook -> self cycle
+        torch.autograd.grad(loss, outputs, allow_unused=True)
 
     def features(self, batch: int) -> torch.Tensor:
         """phi for the batch, [batch, d], tracked weights concatenated in order (zeros for a
@@ -87,36 +97,35 @@ class GradientCollector:
         self.leaf = output.detach().requires_grad_(True)
         return self.leaf
 
+    def _masked(self, x: torch.Tensor) -> torch.Tensor:
+        """Zero the pad rows of [B, T, *] (they can hold anything, even NaN)."""
+        return torch.where(self.mask.unsqueeze(-1), x, 0.0) if self.padded else x
+
     def _forward(self, proj: WeightProjector, module, inputs, output):
         if not output.requires_grad:
             return None
         x = inputs[0]
-        keep = self.mask.unsqueeze(-1)
+        self.outputs.append(output)
         if proj.denominator is None:
             if proj.weight.is_embedding:
-                a = proj.p_in[x]                                  # [B, T, k_i]
+                a = proj.p_in[x]                                  # [B, T, m*k]
             else:
-                a = x.to(proj.p_in.dtype) @ proj.p_in             # [B, T, k_i]
-            a = torch.where(keep, a, 0.0)
-            output.register_hook(partial(self._backward_projected, proj, a))
+                a = x.to(proj.p_in.dtype) @ proj.p_in             # [B, T, m*k]
+            output.register_hook(partial(self._backward_projected, proj, self._masked(a)))
         else:
-            if proj.weight.is_embedding:
-                a = x                                             # token ids [B, T]
-            else:
-                a = torch.where(keep, x.to(proj.p_in.dtype), 0.0)  # [B, T, in]
+            a = x if proj.weight.is_embedding else self._masked(x.to(proj.p_in.dtype))
             output.register_hook(partial(self._backward_exact, proj, a))
         return None
 
     def _backward_projected(self, proj: WeightProjector, a: torch.Tensor, grad: torch.Tensor):
-        keep = self.mask.unsqueeze(-1)
-        d = torch.where(keep, grad.to(proj.p_out.dtype), 0.0) @ proj.p_out   # [B, T, m*k]
+        # pad rows of the input side are zeroed (forward hook), so they add nothing here
+        d = grad.to(proj.p_out.dtype) @ proj.p_out
         B, T, m, k = d.shape[0], d.shape[1], proj.blocks, proj.k
         d = d.view(B, T, m, k).permute(0, 2, 3, 1)                          # [B, m, k, T]
         self._add(proj.weight.name, d @ a.view(B, T, m, k).transpose(1, 2))  # [B, m, k, k]
 
     def _backward_exact(self, proj: WeightProjector, a: torch.Tensor, grad: torch.Tensor):
-        keep = self.mask.unsqueeze(-1)
-        delta = torch.where(keep, grad.to(proj.p_out.dtype), 0.0)           # [B, T, out]
+        delta = self._masked(grad.to(proj.p_out.dtype))                      # [B, T, out]
         if proj.weight.is_embedding:
             g = delta.new_zeros((delta.shape[0], proj.weight.in_features, delta.shape[2]))
             g.scatter_add_(1, a.unsqueeze(-1).expand_as(delta), delta)      # [B, in, out]

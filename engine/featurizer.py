@@ -123,7 +123,7 @@ class Featurizer:
                                 attention_mask=batch.attention_mask.long(),
                                 position_ids=batch.position_ids, use_cache=False).logits
             loss = per_example_loss(logits, batch.labels)
-            torch.autograd.grad(loss.sum(), collector.leaf)
+            collector.backward(loss.sum())
             phi = collector.features(batch.input_ids.shape[0]).float()
         norm = phi.norm(dim=1)
         vectors = phi / norm.clamp_min(1e-30).unsqueeze(1) if self.config.unit_normalize else phi

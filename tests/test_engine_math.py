@@ -85,7 +85,7 @@ def _phi64(f: Featurizer, seqs) -> torch.Tensor:
         logits = f.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask.long(),
                          position_ids=batch.position_ids, use_cache=False).logits
         loss = per_example_loss(logits, batch.labels)
-        torch.autograd.grad(loss.sum(), c.leaf)
+        c.backward(loss.sum())
         return c.features(len(seqs))
 
 

@@ -1,0 +1,66 @@
+"""Search requests and responses (pydantic: validated, JSON-serializable, and the server's
+OpenAPI schema). Version: SEARCH_SCHEMA_VERSION."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+SEARCH_SCHEMA_VERSION = 1
+Mode = Literal["trackstar", "bm25", "both", "fused"]
+LISTS = ("trackstar", "bm25", "fused")
+RRF_K = 60
+
+
+class SearchRequest(BaseModel):
+    """One attribution query: which training examples made the model say ``target`` after
+    ``prompt``?"""
+
+    prompt: str = Field(..., min_length=1, description="Text the model continues.")
+    target: str | None = Field(None, description="The continuation to attribute; omitted: the "
+                                                 "model's own greedy continuation.")
+    k: int = Field(10, ge=1, description="Results per list.")
+    mode: Mode = Field("both", description="trackstar | bm25 | both (both lists and the fused "
+                                           "one) | fused (fused list only).")
+    profile: str | None = Field(None, description="Correction profile (tda precondition); "
+                                                  "none: unit-normalized vectors as indexed.")
+
+
+class Hit(BaseModel):
+    """One training example in one ranked list."""
+
+    id: str = Field(..., description="Example id (DOCID, or DOCID#N for a chunk).")
+    doc_id: str
+    snippet: str = Field(..., description="The example's text, cut to a snippet.")
+    score: float = Field(..., description="Score in this list: cosine for trackstar, BM25 for "
+                                          "bm25, reciprocal-rank-fusion for fused.")
+    ranks: dict[str, int | None] = Field(
+        ..., description="1-based rank in each list (trackstar, bm25, fused); null when the "
+                         "example is not in that list's top k.")
+
+
+class SearchResponse(BaseModel):
+    schema_version: int = SEARCH_SCHEMA_VERSION
+    prompt: str
+    target: str
+    target_generated: bool = Field(..., description="True when the target is the model's "
+                                                    "greedy continuation, not given.")
+    mode: Mode
+    profile: str | None = None
+    k: int
+    trackstar: list[Hit] = Field(default_factory=list)
+    bm25: list[Hit] = Field(default_factory=list)
+    fused: list[Hit] = Field(default_factory=list)
+    timings_ms: dict[str, float] = Field(default_factory=dict)
+
+
+class Document(BaseModel):
+    id: str
+    doc_id: str
+    text: str
+    n_tokens: int
+    loss: float = Field(..., description="The model's summed NLL of the example, nats.")
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"] = "ok"
