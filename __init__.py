@@ -1,6 +1,8 @@
 """tda: training-data attribution for language models (TrackStar next to BM25).
 
-Heavy parts load on first use: ``tda.Featurizer``, ``tda.TrackStarConfig``.
+Heavy parts load on first use: ``tda.Searcher(index)`` (in process) and
+``tda.SearchClient(url)`` (over HTTP) return the same ``tda.SearchResponse``;
+``tda.Featurizer`` and ``tda.TrackStarConfig`` are the engine.
 """
 from __future__ import annotations
 
@@ -11,6 +13,10 @@ __version__ = "0.1.0"
 _LAZY = {
     "TrackStarConfig": "tda.schemas.config",
     "Featurizer": "tda.engine.featurizer",
+    "Searcher": "tda.searcher.searcher",
+    "SearchClient": "tda.searcher.client",
+    "SearchRequest": "tda.schemas.search",
+    "SearchResponse": "tda.schemas.search",
 }
 
 

@@ -13,6 +13,7 @@ from tda import __version__
 from tda.schemas.config import TrackStarConfig
 from tda.schemas.corpus import CorpusOptions
 from tda.schemas.index import IndexOptions
+from tda.schemas.server import ServerLimits
 
 
 def config_options(cls):
@@ -129,6 +130,129 @@ def info_cmd(index, as_json):
     except IndexError_ as e:
         fail(str(e))
     click.echo(json.dumps(info, indent=2) if as_json else render_info(info))
+
+
+def searcher_options(fn):
+    """Options shared by `search` and `serve`: how the index is searched."""
+    for opt in reversed([
+        click.option("--model", "model_dir", type=click.Path(file_okay=False), default=None,
+                     help="Model for query vectors (default: the index's; must match its "
+                          "fingerprint)."),
+        click.option("--scheduler", default=None,
+                     help="Existing dask scheduler (tcp://HOST:PORT); default: a local "
+                          "cluster."),
+        click.option("--workers", type=int, default=2, show_default=True,
+                     help="Local dask workers (ignored with --scheduler)."),
+        click.option("--faiss-index", "kind", default="exact", show_default=True,
+                     help="exact | hnsw | ivfpq | any FAISS factory string."),
+        click.option("--memory-budget-gb", type=float, default=4.0, show_default=True,
+                     help="Per shard group: larger groups are streamed from Zarr per query."),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
+@main.command("search")
+@click.argument("prompt", required=False)
+@click.option("--index", required=True, help="Index path.")
+@click.option("--target", default=None,
+              help="Continuation to attribute (default: the model's greedy continuation).")
+@click.option("-k", "k", type=int, default=10, show_default=True, help="Results per list.")
+@click.option("--mode", type=click.Choice(["trackstar", "bm25", "both", "fused"]),
+              default="both", show_default=True, help="Which lists to return.")
+@click.option("--profile", default=None, help="Correction profile (tda precondition).")
+@click.option("--queries", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="JSON Lines of {prompt, target?, k?, mode?, profile?}: many queries at once.")
+@click.option("--json", "as_json", is_flag=True, help="JSON output (one line per query).")
+@searcher_options
+def search_cmd(prompt, index, target, k, mode, profile, queries, as_json, model_dir, scheduler,
+               workers, kind, memory_budget_gb):
+    """Which training examples made the model say TARGET after PROMPT?
+
+    Example: tda search "Allan Peiper was born in" --target " Alexandra" --index INDEX
+    """
+    from pydantic import ValidationError
+
+    from tda.indexer.store import IndexError_
+    from tda.schemas.search import SearchRequest
+    from tda.searcher.encoder import ModelMismatch
+    from tda.searcher.searcher import SearchError, Searcher
+    if (prompt is None) == (queries is None):
+        fail("give a PROMPT or --queries FILE (one of them)")
+    try:
+        requests = _read_requests(queries, k, mode, profile) if queries else \
+            [SearchRequest(prompt=prompt, target=target, k=k, mode=mode, profile=profile)]
+    except (ValidationError, ValueError) as e:
+        fail(str(e))
+    try:
+        with Searcher(index, model_dir=model_dir, scheduler=scheduler, workers=workers,
+                      kind=kind, memory_budget_gb=memory_budget_gb,
+                      load_model=any(r.mode != "bm25" or r.target is None
+                                     for r in requests)) as searcher:
+            responses = searcher.search_many(requests)
+    except (IndexError_, SearchError, ModelMismatch, FileNotFoundError, ValueError) as e:
+        fail(str(e))
+    if as_json:
+        for r in responses:
+            click.echo(r.model_dump_json())
+        return
+    from tda.searcher.render import render
+    for r in responses:
+        render(r)
+
+
+def _read_requests(path, k, mode, profile):
+    from pydantic import ValidationError
+
+    from tda.schemas.search import SearchRequest
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                if not isinstance(rec, dict):
+                    raise ValueError("not a JSON object")
+                out.append(SearchRequest(**{"k": k, "mode": mode, "profile": profile, **rec}))
+            except (json.JSONDecodeError, ValidationError, ValueError, TypeError) as e:
+                raise ValueError(f"{path}:{n}: {str(e).splitlines()[0]}") from None
+    if not out:
+        raise ValueError(f"{path}: no queries")
+    return out
+
+
+@main.command("serve")
+@click.argument("index")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind (loopback by default; anything else exposes the index).")
+@click.option("--port", type=int, default=8080, show_default=True)
+@click.option("--token", envvar="TDA_TOKEN", default=None,
+              help="Bearer token every request must carry (env TDA_TOKEN).")
+@config_options(ServerLimits)
+@searcher_options
+def serve_cmd(index, host, port, token, model_dir, scheduler, workers, kind, memory_budget_gb,
+              **kwargs):
+    """Serve INDEX over HTTP: POST /search, GET /documents/{id}, /info, /health, OpenAPI at
+    /openapi.json."""
+    from tda.indexer.store import IndexError_
+    from tda.searcher.encoder import ModelMismatch
+    from tda.searcher.searcher import SearchError, Searcher
+    from tda.searcher.server import serve
+    limits, _ = pick(ServerLimits, kwargs)
+    if host not in ("127.0.0.1", "localhost", "::1") and not token:
+        click.echo(f"warning: serving on {host} without --token: anyone who can reach this "
+                   f"port can query the index", err=True)
+    try:
+        searcher = Searcher(index, model_dir=model_dir, scheduler=scheduler, workers=workers,
+                            kind=kind, memory_budget_gb=memory_budget_gb)
+    except (IndexError_, SearchError, ModelMismatch, FileNotFoundError, ValueError) as e:
+        fail(str(e))
+    click.echo(f"serving {index} on http://{host}:{port} (docs at /docs)", err=True)
+    try:
+        serve(searcher, host, port, token, limits)
+    finally:
+        searcher.close()
 
 
 if __name__ == "__main__":  # pragma: no cover

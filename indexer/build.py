@@ -291,8 +291,10 @@ def _build_bm25(store: IndexStore, n_shards: int) -> int | None:
 
     def docs():
         for s in range(n_shards):
-            data = store.read_shard(s, ("ids", "text"))
-            yield from zip(data["ids"].tolist(), data["text"].tolist())
+            data = store.read_shard(s, ("ids", "doc_ids", "text"))
+            for row, (i, d, t) in enumerate(zip(data["ids"].tolist(), data["doc_ids"].tolist(),
+                                                data["text"].tolist())):
+                yield {"id": i, "contents": t, "doc_id": d, "shard": s, "row": row}
 
     n = lucene.build(tmp, docs())
     shutil.rmtree(path, ignore_errors=True)

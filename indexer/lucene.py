@@ -69,8 +69,9 @@ def _quiet_logs() -> None:
     jul.setLevel(autoclass("java.util.logging.Level").SEVERE)
 
 
-def build(path: str | Path, docs: Iterable[tuple[str, str]], threads: int = 1) -> int:
-    """Write a Lucene BM25 index of (id, text) pairs at ``path``, texts stored for retrieval.
+def build(path: str | Path, docs: Iterable[dict], threads: int = 1) -> int:
+    """Write a Lucene BM25 index at ``path`` of records {"id", "contents", ...}: "contents" is
+    the searched text; the whole record is stored and comes back from ``BM25.record``.
     Returns the number of documents."""
     setup_java()
     from pyserini.index.lucene import LuceneIndexer
@@ -80,15 +81,15 @@ def build(path: str | Path, docs: Iterable[tuple[str, str]], threads: int = 1) -
     indexer = LuceneIndexer(args=["-index", str(path), "-storeRaw", "-storeContents"],
                             threads=threads)
     n = 0
-    batch: list[dict] = []
-    for doc_id, text in docs:
-        batch.append({"id": doc_id, "contents": text})
+    batch: list[str] = []
+    for doc in docs:
+        batch.append(json.dumps(doc))   # raw JSON: every field is stored
         n += 1
         if len(batch) >= 1000:
-            indexer.add_batch_dict(batch)
+            indexer.add_batch_raw(batch)
             batch = []
     if batch:
-        indexer.add_batch_dict(batch)
+        indexer.add_batch_raw(batch)
     indexer.close()
     return n
 
@@ -116,13 +117,18 @@ class BM25:
             return []
         return [(h.docid, float(h.score)) for h in self._searcher.search(query, k=k)]
 
-    def text(self, doc_id: str) -> str | None:
-        """The stored text of a document, or None when the id is unknown."""
+    def record(self, doc_id: str) -> dict | None:
+        """The stored record of a document (id, contents, and any extra fields), or None."""
         doc = self._searcher.doc(doc_id)
         if doc is None:
             return None
         raw = doc.raw()
-        return json.loads(raw)["contents"] if raw else doc.contents()
+        return json.loads(raw) if raw else {"id": doc_id, "contents": doc.contents()}
+
+    def text(self, doc_id: str) -> str | None:
+        """The stored text of a document, or None when the id is unknown."""
+        rec = self.record(doc_id)
+        return None if rec is None else rec["contents"]
 
     def iter_ids(self) -> Iterator[str]:
         for i in range(len(self)):

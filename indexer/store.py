@@ -3,6 +3,7 @@ schemas/index.py). Ranks write disjoint shards without locks; readers trust only
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import warnings
 from dataclasses import dataclass
@@ -108,7 +109,7 @@ class IndexStore:
         root.require_group(SHARDS)
         return cls(url, root)
 
-    @property
+    @functools.cached_property
     def manifest(self) -> Manifest:
         return Manifest.from_dict(self.root.attrs[MANIFEST_KEY])
 
@@ -175,6 +176,17 @@ class IndexStore:
             data = g[f][:]
             out[f] = from_storage(data, dtype) if f == "vectors" else data
         return out
+
+    def shard_array(self, index: int, field: str):
+        """The lazy Zarr array ``field`` of a complete shard (for block-wise reads)."""
+        g = self._shards()[shard_name(index)]
+        if not g.attrs.get(COMPLETE_KEY):
+            raise IndexError_(f"{self.url}: shard {shard_name(index)} is incomplete")
+        return g[field]
+
+    def decode_vectors(self, stored: np.ndarray) -> np.ndarray:
+        """Stored vector rows -> float32."""
+        return from_storage(stored, self.manifest.layout["storage_dtype"])
 
     # ---------------------------------------------------------------- second moments
     def write_moments(self, moments) -> None:

@@ -1,0 +1,89 @@
+"""`tda serve`: the Searcher over HTTP (FastAPI; OpenAPI at /openapi.json, docs at /docs).
+
+Loads the model, the FAISS groups and BM25 once. Sync endpoints run in a thread pool, so
+requests are served concurrently (query encoding and BM25 lookups take turns under locks; dense
+fan-out runs in parallel on the dask workers). With a token, every endpoint but /health needs
+``Authorization: Bearer TOKEN`` (compared in constant time). Limits: body size, k, query length.
+"""
+from __future__ import annotations
+
+import hmac
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from tda import __version__
+from tda.schemas.search import Document, HealthResponse, SearchRequest, SearchResponse
+from tda.schemas.server import ServerLimits
+
+
+def create_app(searcher, token: str | None = None, limits: ServerLimits = ServerLimits()):
+    app = FastAPI(title="tda", version=__version__,
+                  description="Training-data attribution: TrackStar and BM25 over one index.")
+    bearer = HTTPBearer(auto_error=False)
+
+    def authorized(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        if token is None:
+            return
+        given = creds.credentials if creds is not None else ""
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            raise HTTPException(401, "missing or wrong bearer token",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > limits.max_body_bytes):
+            return JSONResponse({"detail": f"request body over {limits.max_body_bytes} bytes"},
+                                status_code=413)
+        if length is None and request.method in ("POST", "PUT", "PATCH"):
+            body = b""
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limits.max_body_bytes:
+                    return JSONResponse({"detail": f"request body over "
+                                                   f"{limits.max_body_bytes} bytes"},
+                                        status_code=413)
+            request._body = body
+        return await call_next(request)
+
+    @app.get("/health", response_model=HealthResponse)
+    def health() -> HealthResponse:
+        return HealthResponse()
+
+    @app.post("/search", response_model=SearchResponse, dependencies=[Depends(authorized)],
+              responses={400: {"description": "The query cannot be answered"},
+                         401: {"description": "Missing or wrong token"},
+                         413: {"description": "Body too large"}})
+    def search(req: SearchRequest) -> SearchResponse:
+        if req.k > limits.max_k:
+            raise HTTPException(400, f"k={req.k} is over the limit of {limits.max_k}")
+        if len(req.prompt) + len(req.target or "") > limits.max_query_chars:
+            raise HTTPException(400, f"query over {limits.max_query_chars} characters")
+        try:
+            return searcher.search_many([req])[0]
+        except ValueError as e:          # SearchError, bad query (empty target, too long)
+            raise HTTPException(400, str(e).splitlines()[0]) from None
+
+    @app.get("/documents/{doc_id:path}", response_model=Document,
+             dependencies=[Depends(authorized)],
+             responses={404: {"description": "No example with this id"},
+                        401: {"description": "Missing or wrong token"}})
+    def document(doc_id: str) -> Document:
+        try:
+            return searcher.document(doc_id)
+        except KeyError:
+            raise HTTPException(404, f"no example {doc_id!r} in this index") from None
+
+    @app.get("/info", dependencies=[Depends(authorized)])
+    def info() -> dict:
+        return searcher.info()
+
+    return app
+
+
+def serve(searcher, host: str, port: int, token: str | None, limits: ServerLimits,
+          log_level: str = "warning") -> None:
+    import uvicorn
+    uvicorn.run(create_app(searcher, token, limits), host=host, port=port,
+                log_level=log_level, limit_concurrency=64, timeout_keep_alive=5)
