@@ -1,0 +1,262 @@
+"""Search over a real index of LAMA sentences: FAISS equals brute force, fan-out is invisible,
+the server and the Python client agree."""
+import json
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import helpers
+from indexing import env, free_port, read_index, tda, write_corpus
+from tda.engine import Featurizer, TrackStarConfig, load_model
+from tda.searcher.encoder import ModelMismatch
+from tda.searcher.searcher import SearchError, Searcher
+
+QUERIES = [("Allan Peiper was born in", " Alexandra"),
+           ("The official language of Austria is", " German"),
+           ("Fiat Multipla is produced by", " Fiat")]
+
+
+@pytest.fixture(scope="module")
+def index(tmp_path_factory, gpt2_dir):
+    facts = helpers.fact_sentences(150)
+    corpus = write_corpus(tmp_path_factory.mktemp("corpus") / "c.jsonl", [s for _, s in facts])
+    out = tmp_path_factory.mktemp("index") / "index"
+    tda("index", "--model", str(gpt2_dir), "--corpus", str(corpus), "--out", str(out),
+        "--shard-size", "20", "--max-len", "128", "--projection-dim", "6", "--no-progress")
+    return out
+
+
+@pytest.fixture(scope="module")
+def searcher(index):
+    with Searcher(index, workers=2) as s:
+        yield s
+
+
+def brute_force(index, queries: np.ndarray, k: int):
+    data = read_index(index)
+    scores = queries @ data["vectors"].T
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return [[(data["ids"][j], scores[i, j]) for j in row] for i, row in enumerate(order)]
+
+
+def test_query_vectors_match_the_engine(searcher, gpt2_dir):
+    model, tok = load_model(gpt2_dir)
+    f = Featurizer(model, tok, TrackStarConfig(projection_dim=6, max_len=128),
+                   optimizer_state=gpt2_dir)
+    np.testing.assert_allclose(searcher.encoder.encode(QUERIES), f.encode_queries(QUERIES),
+                               atol=1e-5)
+
+
+def test_faiss_equals_brute_force(searcher, index):
+    q = searcher.encoder.encode(QUERIES)
+    expect = brute_force(index, q, 10)
+    for i, (prompt, target) in enumerate(QUERIES):
+        resp = searcher.search(prompt, target, k=10, mode="trackstar")
+        assert [h.id for h in resp.trackstar] == [e[0] for e in expect[i]]
+        np.testing.assert_allclose([h.score for h in resp.trackstar], [e[1] for e in expect[i]],
+                                   atol=1e-5)
+        assert [h.ranks["trackstar"] for h in resp.trackstar] == list(range(1, 11))
+
+
+def test_one_worker_equals_two_and_streaming_equals_loaded(searcher, index):
+    want = [searcher.search(p, t, k=10, mode="trackstar").trackstar for p, t in QUERIES]
+    for kwargs in ({"workers": 1}, {"workers": 2, "memory_budget_gb": 1e-6}):
+        with Searcher(index, **kwargs) as other:
+            if "memory_budget_gb" in kwargs:
+                assert other.dense.client.run(lambda: None)     # workers alive
+            got = [other.search(p, t, k=10, mode="trackstar").trackstar for p, t in QUERIES]
+        for a, b in zip(got, want):
+            assert [h.id for h in a] == [h.id for h in b]
+            np.testing.assert_allclose([h.score for h in a], [h.score for h in b], atol=1e-5)
+
+
+@pytest.mark.slow
+def test_external_dask_scheduler_and_workers(searcher, index):
+    port = free_port()
+    procs = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler",
+                               "--host", "127.0.0.1", "--port", str(port),
+                               "--dashboard-address", ":0"],
+                              env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        time.sleep(2)
+        procs += [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker",
+                                    f"tcp://127.0.0.1:{port}", "--nthreads", "1",
+                                    "--dashboard-address", ":0"], env=env(),
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                  for _ in range(2)]
+        from dask.distributed import Client
+        with Client(f"tcp://127.0.0.1:{port}", timeout="60s") as c:
+            c.wait_for_workers(2, timeout=120)
+        with Searcher(index, scheduler=f"tcp://127.0.0.1:{port}") as remote:
+            assert len(remote.dense.placement) == 2
+            for p, t in QUERIES:
+                a = remote.search(p, t, k=10)
+                b = searcher.search(p, t, k=10)
+                assert [h.id for h in a.trackstar] == [h.id for h in b.trackstar]
+                assert [h.id for h in a.fused] == [h.id for h in b.fused]
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait(timeout=30)
+
+
+def test_lists_ranks_and_fusion(searcher):
+    resp = searcher.search("Allan Peiper was born in", " Alexandra", k=5, mode="both")
+    assert len(resp.trackstar) == len(resp.bm25) == len(resp.fused) == 5
+    assert resp.bm25[0].doc_id == "s0" and "Peiper" in resp.bm25[0].snippet
+    for h in resp.fused:                   # fused score is the RRF of the ranks shown
+        expect = sum(1 / (60 + r) for name, r in h.ranks.items() if name != "fused" and r)
+        assert h.score == pytest.approx(expect)
+    assert [h.ranks["fused"] for h in resp.fused] == [1, 2, 3, 4, 5]
+    only = searcher.search("Allan Peiper was born in", " Alexandra", k=3, mode="fused")
+    assert not only.trackstar and not only.bm25 and len(only.fused) == 3
+    bm = searcher.search("Allan Peiper was born in", " Alexandra", k=3, mode="bm25")
+    assert not bm.trackstar and [h.id for h in bm.bm25] == [h.id for h in resp.bm25[:3]]
+
+
+def test_generated_target_and_errors(searcher):
+    resp = searcher.search("Allan Peiper was born in", k=3, mode="trackstar")
+    assert resp.target_generated and resp.target.strip()
+    with pytest.raises(SearchError, match="target is empty"):
+        searcher.search("Allan Peiper was born in", " ", k=3)
+    with pytest.raises(SearchError, match="no profile 'nope'"):
+        searcher.search("Allan Peiper was born in", " Alexandra", profile="nope")
+    with pytest.raises(ValueError, match="longer than max_len"):
+        searcher.search("word " * 200, " x")
+    doc = searcher.document("s0")
+    assert doc.doc_id == "s0" and "Peiper" in doc.text and doc.n_tokens > 0
+    with pytest.raises(KeyError):
+        searcher.document("../../etc/passwd")
+
+
+def test_approximate_search_recall(index, searcher):
+    q = [(p, t) for p, t in QUERIES]
+    with Searcher(index, workers=1, kind="hnsw") as approx:
+        recall = []
+        for p, t in q:
+            a = {h.id for h in approx.search(p, t, k=10, mode="trackstar").trackstar}
+            b = {h.id for h in searcher.search(p, t, k=10, mode="trackstar").trackstar}
+            recall.append(len(a & b) / 10)
+    assert np.mean(recall) >= 0.9
+
+
+def test_model_must_match(index, tmp_path, gpt2_dir):
+    import shutil
+    other = tmp_path / "other"
+    shutil.copytree(gpt2_dir, other)
+    cfg = json.loads((other / "config.json").read_text())
+    cfg["layer_norm_epsilon"] = 1e-3
+    (other / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelMismatch, match="does not match the index's"):
+        Searcher(index, model_dir=other, workers=1)
+
+
+def test_cli_search(index, tmp_path):
+    out = tda("search", "Allan Peiper was born in", "--target", " Alexandra", "--index",
+              str(index), "-k", "3", "--json", "--workers", "1")
+    resp = json.loads(out.stdout)
+    assert resp["target"] == " Alexandra" and len(resp["trackstar"]) == 3
+    queries = tmp_path / "q.jsonl"
+    queries.write_text("".join(json.dumps({"prompt": p, "target": t}) + "\n" for p, t in QUERIES))
+    out = tda("search", "--queries", str(queries), "--index", str(index), "--json",
+              "--workers", "1", "--mode", "bm25")
+    lines = [json.loads(x) for x in out.stdout.splitlines()]
+    assert [x["prompt"] for x in lines] == [p for p, _ in QUERIES]
+    table = tda("search", "Allan Peiper was born in", "--target", " Alexandra", "--index",
+                str(index), "-k", "2", "--workers", "1")
+    assert "TrackStar" in table.stdout and "BM25" in table.stdout
+    queries.write_text('{"prompt": "a", "target": " b"}\n{"prompt": ""}\n')
+    bad = tda("search", "--queries", str(queries), "--index", str(index), check=False)
+    assert bad.returncode == 1 and "q.jsonl:2" in bad.stderr and "Traceback" not in bad.stderr
+    missing = tda("search", "x", "--index", str(tmp_path / "nope"), check=False)
+    assert missing.returncode == 1 and "no such index" in missing.stderr
+
+
+@pytest.fixture(scope="module")
+def server(index):
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "tda.cli", "serve", str(index), "--port",
+                             str(port), "--token", "s3cret", "--workers", "1", "--max-k", "20"],
+                            env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    url = f"http://127.0.0.1:{port}"
+    import httpx
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    else:
+        proc.kill()
+        raise RuntimeError(proc.stderr.read())
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def test_client_equals_searcher(server, searcher):
+    from tda import SearchClient
+    with SearchClient(server, token="s3cret") as client:
+        for p, t in QUERIES:
+            a = client.search(p, t, k=5)
+            b = searcher.search(p, t, k=5)
+            for name in ("trackstar", "bm25", "fused"):
+                assert [h.id for h in getattr(a, name)] == [h.id for h in getattr(b, name)]
+                np.testing.assert_allclose([h.score for h in getattr(a, name)],
+                                           [h.score for h in getattr(b, name)], rtol=1e-5)
+        assert client.document("s0") == searcher.document("s0")
+        assert client.info()["examples"] == searcher.info()["examples"]
+
+
+def test_server_auth_limits_and_concurrency(server):
+    import httpx
+    from tda import SearchClient
+    from tda.searcher.client import SearchClientError
+    auth = {"Authorization": "Bearer s3cret"}
+    body = {"prompt": "Allan Peiper was born in", "target": " Alexandra", "k": 3}
+    assert httpx.post(server + "/search", json=body).status_code == 401
+    assert httpx.post(server + "/search", json=body,
+                      headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert httpx.get(server + "/info").status_code == 401
+    assert httpx.get(server + "/health").status_code == 200
+    assert httpx.post(server + "/search", json=dict(body, k=50), headers=auth).status_code == 400
+    assert httpx.post(server + "/search", json=dict(body, k=0), headers=auth).status_code == 422
+    assert httpx.post(server + "/search", content=b"{not json", headers={
+        **auth, "content-type": "application/json"}).status_code == 422
+    assert httpx.post(server + "/search", content=b"x" * 100_000, headers=auth).status_code == 413
+    assert httpx.post(server + "/search", json=dict(body, prompt="w " * 1500),
+                      headers=auth).status_code == 400
+    assert httpx.get(server + "/documents/nope", headers=auth).status_code == 404
+    assert httpx.get(server + "/documents/..%2F..%2Fetc%2Fpasswd",
+                     headers=auth).status_code == 404
+    spec = httpx.get(server + "/openapi.json").json()
+    assert "/search" in spec["paths"] and "/documents/{doc_id}" in spec["paths"]
+    with SearchClient(server, token="s3cret") as client:
+        with pytest.raises(SearchClientError) as err:
+            client.search("x", " ", k=3)
+        assert err.value.status == 400
+        serial = [client.search(p, t, k=5) for p, t in QUERIES]
+    results, errors = {}, []
+
+    def worker(i):
+        try:
+            with SearchClient(server, token="s3cret") as c:
+                results[i] = c.search(*QUERIES[i % 3], k=5)
+        except Exception as e:      # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for i, r in results.items():
+        assert [h.id for h in r.fused] == [h.id for h in serial[i % 3].fused]
+    assert httpx.get(server + "/health").status_code == 200
