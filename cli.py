@@ -12,7 +12,7 @@ import click
 from tda import __version__
 from tda.schemas.config import TrackStarConfig
 from tda.schemas.corpus import CorpusOptions
-from tda.schemas.index import IndexOptions
+from tda.schemas.index import IndexOptions, PreconditionOptions
 from tda.schemas.server import ServerLimits
 
 
@@ -175,7 +175,7 @@ def search_cmd(prompt, index, target, k, mode, profile, queries, as_json, model_
 
     from tda.indexer.store import IndexError_
     from tda.schemas.search import SearchRequest
-    from tda.searcher.encoder import ModelMismatch
+    from tda.indexer.encoder import ModelMismatch
     from tda.searcher.searcher import SearchError, Searcher
     if (prompt is None) == (queries is None):
         fail("give a PROMPT or --queries FILE (one of them)")
@@ -222,6 +222,46 @@ def _read_requests(path, k, mode, profile):
     return out
 
 
+@main.command("precondition")
+@click.argument("index")
+@click.option("--name", required=True, help="Profile name (search with --profile NAME).")
+@click.option("--queries", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="The task's queries, JSON Lines of {prompt, target}: enables the mixed R.")
+@click.option("--overwrite", is_flag=True, help="Replace a complete profile of that name.")
+@click.option("--model", "model_dir", type=click.Path(file_okay=False), default=None,
+              help="Model for the query vectors (default: the index's).")
+@click.option("--scheduler", default=None, help="Existing dask scheduler for the transform.")
+@click.option("--workers", type=int, default=2, show_default=True, help="Local dask workers.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@config_options(PreconditionOptions)
+def precondition_cmd(index, name, queries, overwrite, model_dir, scheduler, workers, as_json,
+                     **kwargs):
+    """Fit the correction R (Gauss-Newton, block-diagonal per weight) and store a profile: R^-1/2
+    and every example's vector transformed by it. Rerunning finishes an interrupted build.
+
+    Ablations: --mode none (no R), --mode train (R_train), --mode mixed --queries Q (TrackStar).
+    """
+    from tda.indexer.encoder import ModelMismatch
+    from tda.indexer.precondition import build_profile
+    from tda.indexer.profiles import ProfileError
+    from tda.indexer.store import IndexError_
+    try:
+        options, _ = pick(PreconditionOptions, kwargs)
+        log = (lambda m: None) if as_json else (lambda m: click.echo(m, err=True))
+        summary = build_profile(index, name, queries, options, overwrite=overwrite,
+                                scheduler=scheduler, workers=workers, model_dir=model_dir,
+                                log=log)
+    except (ProfileError, IndexError_, ModelMismatch, FileNotFoundError, ValueError) as e:
+        fail(str(e))
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        lam = summary.get("lambda")
+        click.echo(f"profile {name}: R={summary['mode']}, K={summary['components']}, damping="
+                   f"{summary['damping']}" + (f", lambda={lam:.4f}" if lam else "")
+                   + f"; {summary['examples']} examples in {summary['seconds']:.1f} s")
+
+
 @main.command("serve")
 @click.argument("index")
 @click.option("--host", default="127.0.0.1", show_default=True,
@@ -236,7 +276,7 @@ def serve_cmd(index, host, port, token, model_dir, scheduler, workers, kind, mem
     """Serve INDEX over HTTP: POST /search, GET /documents/{id}, /info, /health, OpenAPI at
     /openapi.json."""
     from tda.indexer.store import IndexError_
-    from tda.searcher.encoder import ModelMismatch
+    from tda.indexer.encoder import ModelMismatch
     from tda.searcher.searcher import SearchError, Searcher
     from tda.searcher.server import serve
     limits, _ = pick(ServerLimits, kwargs)

@@ -20,7 +20,13 @@ def index_info(url: str | Path) -> dict:
     n_docs = m.corpus["documents"]
     n_shards = -(-n_docs // m.layout["shard_size"])
     local = store.local_path
-    profiles = sorted(store.root[PROFILES].group_keys()) if PROFILES in store.root else []
+    from tda.indexer.profiles import profile_group
+    names = sorted(store.root[PROFILES].group_keys()) if PROFILES in store.root else []
+    profiles = {}
+    for n in names:
+        attrs = profile_group(store, n).attrs
+        done = attrs.get("complete")
+        profiles[n] = {"complete": bool(done), **(done or {"settings": attrs.get("settings")})}
     return {
         "index": str(url),
         "schema_version": m.schema_version,
@@ -68,7 +74,16 @@ def render_info(info: dict) -> str:
     bm25 = info["bm25"]
     lines.append(f"bm25        {bm25['documents']} documents" if bm25 and bm25.get("complete")
                  else "bm25        not built")
-    lines.append(f"profiles    {', '.join(info['profiles']) or 'none'}")
+    if not info["profiles"]:
+        lines.append("profiles    none")
+    for name, p in info["profiles"].items():
+        if p["complete"]:
+            lam = p.get("lambda")
+            lines.append(f"profile     {name}: R={p['mode']}, K={p['components']}, damping="
+                         f"{p['damping']}" + (f", lambda={lam:.3f}" if lam else "")
+                         + f", {p['examples']} examples")
+        else:
+            lines.append(f"profile     {name}: unfinished (rerun tda precondition to finish)")
     if size is not None:
         lines.append(f"on disk     {size / 2**20:,.1f} MiB")
     return "\n".join(lines)

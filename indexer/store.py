@@ -14,7 +14,7 @@ import numpy as np
 import zarr
 
 from tda.schemas.index import (BM25_DIR, BM25_KEY, COMPLETE_KEY, MANIFEST_KEY, MOMENTS,
-                               SHARDS, Manifest, shard_name)
+                               PROFILES, SHARDS, Manifest, shard_name)
 
 ROW_CHUNK = 1024
 warnings.filterwarnings("ignore", message=".*vlen-utf8.*")
@@ -118,28 +118,52 @@ class IndexStore:
         return Path(self.url) if _is_local(self.url) else None
 
     # ---------------------------------------------------------------- shards
-    def _shards(self) -> zarr.Group:
-        return self.root.require_group(SHARDS) if not self.root.read_only else self.root[SHARDS]
+    def _shards(self, profile: str | None = None) -> zarr.Group:
+        """The group holding the base shards, or a profile's transformed shards."""
+        path = SHARDS if profile is None else f"{PROFILES}/{profile}/{SHARDS}"
+        return self.root[path] if self.root.read_only else self.root.require_group(path)
 
-    def shard_names(self) -> list[str]:
-        if SHARDS not in self.root:
-            return []
-        return sorted(self._shards().group_keys())
+    def _has(self, profile: str | None) -> bool:
+        path = SHARDS if profile is None else f"{PROFILES}/{profile}/{SHARDS}"
+        try:
+            self.root[path]
+            return True
+        except KeyError:
+            return False
 
-    def shard_status(self) -> dict[int, dict | None]:
+    def shard_names(self, profile: str | None = None) -> list[str]:
+        return sorted(self._shards(profile).group_keys()) if self._has(profile) else []
+
+    def shard_status(self, profile: str | None = None) -> dict[int, dict | None]:
         """Every shard present: its completion marker, or None when incomplete or unreadable."""
         out: dict[int, dict | None] = {}
-        shards = self._shards() if SHARDS in self.root else None
-        for name in self.shard_names():
+        names = self.shard_names(profile)
+        shards = self._shards(profile) if names else None
+        for name in names:
             try:
                 out[int(name)] = shards[name].attrs.get(COMPLETE_KEY)
             except Exception:  # noqa: BLE001 - a half-written zarr.json reads as incomplete
                 out[int(name)] = None
         return out
 
-    def complete_shards(self) -> dict[int, int]:
+    def complete_shards(self, profile: str | None = None) -> dict[int, int]:
         """{shard index: rows} of the shards with a completion marker."""
-        return {i: m["rows"] for i, m in self.shard_status().items() if m}
+        return {i: m["rows"] for i, m in self.shard_status(profile).items() if m}
+
+    def write_profile_shard(self, profile: str, index: int, vectors: np.ndarray,
+                            storage_dtype: str) -> None:
+        """A profile's transformed vectors [rows, d] for one base shard, marker last."""
+        shards = self._shards(profile)
+        name = shard_name(index)
+        if name in shards:
+            del shards[name]
+        g = shards.create_group(name)
+        stored = to_storage(vectors, storage_dtype)
+        chunk = max(1, min(ROW_CHUNK, stored.shape[0]))
+        arr = g.create_array("vectors", shape=stored.shape, dtype=stored.dtype,
+                             chunks=(chunk, stored.shape[1]), compressors=_compressor())
+        arr[:] = stored
+        g.attrs[COMPLETE_KEY] = {"rows": int(stored.shape[0]), "checksum": checksum(stored, [])}
 
     def write_shard(self, index: int, rows: ShardRows, storage_dtype: str) -> None:
         """Write one shard; any earlier incomplete copy is removed first. The marker (with the
@@ -164,10 +188,12 @@ class IndexStore:
             a[:] = np.asarray(values, dtype=dt)
         g.attrs[COMPLETE_KEY] = {"rows": n, "checksum": checksum(stored, list(rows.ids))}
 
-    def read_shard(self, index: int, fields: tuple[str, ...] = ("vectors", "ids")) -> dict:
-        """The named arrays of a complete shard (vectors as float32)."""
+    def read_shard(self, index: int, fields: tuple[str, ...] = ("vectors", "ids"),
+                   profile: str | None = None) -> dict:
+        """The named arrays of a complete shard (vectors as float32); with ``profile``, that
+        profile's transformed vectors."""
         name = shard_name(index)
-        g = self._shards()[name]
+        g = self._shards(profile)[name]
         if not g.attrs.get(COMPLETE_KEY):
             raise IndexError_(f"{self.url}: shard {name} is incomplete")
         dtype = self.manifest.layout["storage_dtype"]
@@ -177,9 +203,9 @@ class IndexStore:
             out[f] = from_storage(data, dtype) if f == "vectors" else data
         return out
 
-    def shard_array(self, index: int, field: str):
+    def shard_array(self, index: int, field: str, profile: str | None = None):
         """The lazy Zarr array ``field`` of a complete shard (for block-wise reads)."""
-        g = self._shards()[shard_name(index)]
+        g = self._shards(profile)[shard_name(index)]
         if not g.attrs.get(COMPLETE_KEY):
             raise IndexError_(f"{self.url}: shard {shard_name(index)} is incomplete")
         return g[field]

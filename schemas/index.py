@@ -60,6 +60,32 @@ class IndexOptions:
             raise ValueError(f"batch_tokens must be >= 2, got {self.batch_tokens}")
 
 
+@dataclass(frozen=True)
+class PreconditionOptions:
+    """Which correction R a profile applies (DESIGN.md section 1)."""
+
+    mode: Literal["auto", "none", "train", "mixed"] = doc(
+        "R: 'none' (identity, the ablation), 'train' (R_train), 'mixed' (lambda R_eval + "
+        "(1 - lambda) R_train, needs --queries); auto: mixed with --queries, else train.",
+        default="auto")
+    train_sample: int = doc("Training vectors sampled (uniformly, seeded) for R_train.",
+                            default=4096)
+    components: int = doc("K: lambda makes the K-th largest eigenvalues of lambda R_eval and "
+                          "(1 - lambda) R_train equal; 0 means 1.5% of d (the paper's 1,000 "
+                          "of 65,536).", default=0)
+    damping: float = doc("Added to each block's eigenvalues before the inverse square root, "
+                         "as a fraction of the block's mean eigenvalue.", default=0.01)
+    seed: int = doc("Seed of the training sample.", default=0)
+
+    def __post_init__(self) -> None:
+        if self.train_sample < 1:
+            raise ValueError(f"train_sample must be >= 1, got {self.train_sample}")
+        if self.components < 0:
+            raise ValueError(f"components must be >= 0, got {self.components}")
+        if self.damping <= 0:
+            raise ValueError(f"damping must be > 0, got {self.damping}")
+
+
 @dataclass
 class Manifest:
     """What an index is: enough to refuse mixing and to reproduce query vectors."""

@@ -66,13 +66,14 @@ class ShardGroup:
     """The vectors of some shards of one index, searchable (one per dask worker and group)."""
 
     def __init__(self, index: str, shards: list[int], kind: str = "exact",
-                 memory_budget: int = 4 << 30, nprobe: int = 16, ef_search: int = 64):
-        self.index, self.shards, self.kind = index, list(shards), kind
+                 memory_budget: int = 4 << 30, nprobe: int = 16, ef_search: int = 64,
+                 profile: str | None = None):
+        self.index, self.shards, self.kind, self.profile = index, list(shards), kind, profile
         self.store = IndexStore.open(index)
         manifest = self.store.manifest
         self.dim = manifest.dim
         self.storage_dtype = manifest.layout["storage_dtype"]
-        status = self.store.complete_shards()
+        status = self.store.complete_shards(profile)
         missing = [s for s in self.shards if s not in status]
         if missing:
             raise ValueError(f"{index}: shards {missing[:5]} are not complete")
@@ -93,7 +94,8 @@ class ShardGroup:
         index = faiss.index_factory(self.dim, factory_string(self.kind, self.dim, self.n,
                                                              self.storage_dtype),
                                     faiss.METRIC_INNER_PRODUCT)
-        vectors = [self.store.read_shard(s, ("vectors",))["vectors"] for s in self.shards]
+        vectors = [self.store.read_shard(s, ("vectors",), self.profile)["vectors"]
+                   for s in self.shards]
         if not index.is_trained and self.n:
             index.train(np.concatenate(vectors))
         for v in vectors:
@@ -138,7 +140,7 @@ class ShardGroup:
         """Exact top k by reading vectors block by block (memory: one block)."""
         parts = []
         for shard, n in zip(self.shards, self.rows_per_shard):
-            arr = self.store.shard_array(shard, "vectors")
+            arr = self.store.shard_array(shard, "vectors", self.profile)
             for start in range(0, n, STREAM_ROWS):
                 block = self.store.decode_vectors(arr[start:start + STREAM_ROWS])
                 scores = queries @ block.T                                # [m, rows]

@@ -17,8 +17,8 @@ _LOADED: dict[tuple, ShardGroup] = {}       # per worker process: loaded shard g
 
 def _group(key: tuple) -> ShardGroup:
     if key not in _LOADED:
-        index, shards, kind, budget = key
-        _LOADED[key] = ShardGroup(index, list(shards), kind, budget)
+        index, shards, kind, budget, profile = key
+        _LOADED[key] = ShardGroup(index, list(shards), kind, budget, profile=profile)
     return _LOADED[key]
 
 
@@ -38,7 +38,8 @@ def split(shards: list[int], groups: int) -> list[list[int]]:
 
 
 class DenseSearch:
-    """Exact (or approximate) inner-product search over every complete shard of an index."""
+    """Exact (or approximate) inner-product search over every shard of an index: its own
+    vectors, or a correction profile's transformed ones (loaded on first use)."""
 
     def __init__(self, index: str, *, scheduler: str | None = None, workers: int = 2,
                  groups: int | None = None, kind: str = "exact", memory_budget: int = 4 << 30):
@@ -50,10 +51,10 @@ class DenseSearch:
         dask.config.set({"distributed.logging.distributed": "error",
                          "distributed.admin.system-monitor.gil.enabled": False})
         logging.getLogger("distributed").setLevel(logging.ERROR)
-        self.index = str(index)
-        store = IndexStore.open(self.index)
-        self.dim = store.manifest.dim
-        shards = sorted(store.complete_shards())
+        self.index, self.kind, self.memory_budget = str(index), kind, memory_budget
+        self.store = IndexStore.open(self.index)
+        self.dim = self.store.manifest.dim
+        self.shards = sorted(self.store.complete_shards())
         if scheduler:
             self.cluster = None
             self.client = Client(scheduler, timeout="30s")
@@ -61,23 +62,39 @@ class DenseSearch:
             self.cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                         dashboard_address=":0", silence_logs=logging.ERROR)
             self.client = Client(self.cluster)
-        addresses = sorted(self.client.scheduler_info()["workers"])
-        if not addresses:
+        self.addresses = sorted(self.client.scheduler_info()["workers"])
+        if not self.addresses:
             raise RuntimeError(f"the dask cluster at {scheduler} has no workers")
-        n_groups = groups or len(addresses)
-        self.keys = [(self.index, tuple(g), kind, memory_budget) for g in split(shards, n_groups)]
-        self.placement = {key: addresses[i % len(addresses)] for i, key in enumerate(self.keys)}
-        loading = [self.client.submit(load_group, key, workers=[w], pure=False)
-                   for key, w in self.placement.items()]
-        self.rows = sum(self.client.gather(loading))
+        self.n_groups = groups or len(self.addresses)
+        self._placements: dict[str | None, dict[tuple, str]] = {}
+        self.placement = self._placement(None)
 
-    def search(self, queries: np.ndarray, k: int) -> GroupResult:
+    def _placement(self, profile: str | None) -> dict[tuple, str]:
+        """Which worker holds which shard group of ``profile`` (loading them the first time)."""
+        if profile not in self._placements:
+            if profile is not None:
+                done = set(self.store.complete_shards(profile))
+                missing = [s for s in self.shards if s not in done]
+                if missing:
+                    raise ValueError(f"{self.index}: profile {profile!r} lacks shards "
+                                     f"{missing[:5]}; rebuild it with tda precondition")
+            keys = [(self.index, tuple(g), self.kind, self.memory_budget, profile)
+                    for g in split(self.shards, self.n_groups)]
+            placement = {key: self.addresses[i % len(self.addresses)]
+                         for i, key in enumerate(keys)}
+            loading = [self.client.submit(load_group, key, workers=[w], pure=False)
+                       for key, w in placement.items()]
+            self.client.gather(loading)
+            self._placements[profile] = placement
+        return self._placements[profile]
+
+    def search(self, queries: np.ndarray, k: int, profile: str | None = None) -> GroupResult:
         """Top ``k`` for each of ``queries`` [m, d] float32 over the whole index."""
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         if queries.shape[1] != self.dim:
             raise ValueError(f"query vectors have d={queries.shape[1]}, the index {self.dim}")
         futures = [self.client.submit(search_group, key, queries, k, workers=[w], pure=False)
-                   for key, w in self.placement.items()]
+                   for key, w in self._placement(profile).items()]
         return merge(self.client.gather(futures), k)
 
     def close(self) -> None:

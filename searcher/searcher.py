@@ -9,7 +9,6 @@ import numpy as np
 
 from tda.indexer.lucene import BM25
 from tda.indexer.store import IndexStore
-from tda.schemas.index import PROFILES
 from tda.schemas.search import Document, Hit, SearchRequest, SearchResponse
 from tda.searcher.fusion import rrf
 
@@ -44,7 +43,7 @@ class Searcher:
                               f"rerun `tda index` to complete it")
         self.encoder = None
         if load_model:
-            from tda.searcher.encoder import QueryEncoder
+            from tda.indexer.encoder import QueryEncoder
             self.encoder = QueryEncoder(self.store, model_dir)
         bm25_path = self.store.bm25_path
         status = self.store.bm25_status
@@ -53,6 +52,7 @@ class Searcher:
         self.dense = DenseSearch(self.index, scheduler=scheduler, workers=workers, kind=kind,
                                  memory_budget=int(memory_budget_gb * 2**30))
         self._text_cache: dict[int, dict] = {}
+        self._profiles: dict[str, object] = {}
 
     def _unfinished(self) -> list[int]:
         n_docs = self.manifest.corpus["documents"]
@@ -83,11 +83,15 @@ class Searcher:
             if self.encoder is None:
                 raise SearchError("this Searcher was opened without a model: BM25 only")
             q = self.encoder.encode([(requests[i].prompt, targets[i]) for i in dense_rows])
-            depth = max(max(requests[i].k for i in dense_rows), FUSION_DEPTH)
-            res = self.dense.search(q, depth)
-            for j, i in enumerate(dense_rows):
-                dense[i] = [(None, float(s), int(sh), int(rw)) for s, sh, rw in
-                            zip(res.scores[j], res.shards[j], res.rows[j]) if sh >= 0]
+            for profile in dict.fromkeys(requests[i].profile for i in dense_rows):
+                rows = [j for j, i in enumerate(dense_rows) if requests[i].profile == profile]
+                qp = q[rows] if profile is None else self._profile(profile).transform(q[rows])
+                depth = max(max(requests[dense_rows[j]].k for j in rows), FUSION_DEPTH)
+                res = self.dense.search(qp, depth, profile)
+                for row, j in enumerate(rows):
+                    dense[dense_rows[j]] = [(None, float(s), int(sh), int(rw)) for s, sh, rw in
+                                            zip(res.scores[row], res.shards[row], res.rows[row])
+                                            if sh >= 0]
         t2 = time.perf_counter()
         out = []
         for i, r in enumerate(requests):
@@ -113,8 +117,15 @@ class Searcher:
                         loss=float(data["loss"][r]))
 
     def profiles(self) -> list[str]:
-        return sorted(self.store.root[PROFILES].group_keys()) if PROFILES in self.store.root \
-            else []
+        """The complete correction profiles of the index."""
+        from tda.indexer.profiles import complete_profiles
+        return complete_profiles(self.store)
+
+    def _profile(self, name: str):
+        if name not in self._profiles:
+            from tda.indexer.profiles import Profile
+            self._profiles[name] = Profile.load(self.store, name)
+        return self._profiles[name]
 
     def info(self) -> dict:
         from tda.indexer.info import index_info

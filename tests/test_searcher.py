@@ -12,7 +12,7 @@ import pytest
 import helpers
 from indexing import env, free_port, read_index, tda, write_corpus
 from tda.engine import Featurizer, TrackStarConfig, load_model
-from tda.searcher.encoder import ModelMismatch
+from tda.indexer.encoder import ModelMismatch
 from tda.searcher.searcher import SearchError, Searcher
 
 QUERIES = [("Allan Peiper was born in", " Alexandra"),
