@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Sequence as Seq
 
 import torch
@@ -53,3 +54,76 @@ def train_lm(model: nn.Module, tokenizer, texts: Seq[str], *, epochs: int = 1,
     model.eval()
     result.final_lr = opt.param_groups[0]["lr"]
     return result
+
+
+def train_benchmark_model(corpus: str | Path, out: str | Path, *, preset: str = "tiny",
+                          arch: str = "gpt2", epochs: int = 20, seed: int = 0,
+                          lr: float = 3e-3, batch_size: int = 32, vocab_size: int = 4096,
+                          max_len: int = 128, queries: str | Path | None = None,
+                          progress=None) -> dict:
+    """Train a tokenizer and a small causal LM from scratch on a corpus (JSON Lines with
+    "text"), and save into ``out``: the model and tokenizer (save_pretrained), the AdamW state
+    as ``optimizer.pt`` (torch state_dict with parameter names, what the engine and tail-patch
+    read), ``training.json`` (settings, final learning rate, per-step losses, fact accuracy) and
+    ``loss.png``. Returns the training.json dict."""
+    import json as _json
+    import time as _time
+
+    from tda.evaluation.models import new_model
+    from tda.evaluation.queries import knows, read_queries
+    from tda.evaluation.tokenizer import train_bpe_tokenizer
+
+    started = _time.perf_counter()
+    corpus, out = Path(corpus), Path(out)
+    texts = []
+    with corpus.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    texts.append(_json.loads(line)["text"])
+                except (ValueError, KeyError, TypeError) as e:
+                    raise ValueError(f"{corpus}:{n}: not a corpus record ({e})") from None
+    if not texts:
+        raise ValueError(f"{corpus}: no texts")
+    torch.manual_seed(seed)
+    tok = train_bpe_tokenizer(texts, vocab_size=vocab_size)
+    model = new_model(arch, preset, tok, seed)
+    result = train_lm(model, tok, texts, epochs=epochs, batch_size=batch_size, lr=lr,
+                      max_len=max_len, seed=seed, progress=progress)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    torch.save(result.optimizer.state_dict(), out / "optimizer.pt")
+    info = {"corpus": str(corpus.resolve()), "texts": len(texts), "preset": preset,
+            "arch": arch, "parameters": sum(p.numel() for p in model.parameters()),
+            "epochs": epochs, "seed": seed, "lr": lr, "batch_size": batch_size,
+            "vocab_size": len(tok), "max_len": max_len, "final_lr": result.final_lr,
+            "steps": len(result.losses), "final_loss": result.losses[-1],
+            "seconds": round(_time.perf_counter() - started, 1), "losses": result.losses}
+    qpath = Path(queries) if queries else corpus.with_name("queries.jsonl")
+    if qpath.is_file():
+        qs = read_queries(qpath)
+        known = knows(model, tok, qs)
+        info["fact_accuracy"] = sum(known) / len(known)
+        info["facts_known"] = sum(known)
+        info["queries"] = len(known)
+    (out / "training.json").write_text(_json.dumps(info, indent=1))
+    plot_losses(result.losses, out / "loss.png",
+                title=f"{arch}/{preset}, {epochs} epochs, {len(texts)} texts")
+    return info
+
+
+def plot_losses(losses: list[float], path: Path, title: str = "") -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(losses, lw=0.8)
+    ax.set_xlabel("step")
+    ax.set_ylabel("mean token NLL (nats)")
+    ax.set_title(title, fontsize=9)
+    ax.set_yscale("log")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
