@@ -15,6 +15,7 @@ from tda.schemas.config import TrackStarConfig
 from tda.schemas.corpus import CorpusOptions
 from tda.schemas.index import IndexOptions, PreconditionOptions
 from tda.schemas.server import ServerLimits
+from tda.evaluation.prepare import PrepareOptions
 
 
 def config_options(cls):
@@ -322,6 +323,29 @@ def demo_cmd(work, epochs, fresh):
 @main.group("eval")
 def eval_group():
     """Fact-tracing evaluation on real T-REx data: prepare, train, run."""
+
+
+@eval_group.command("prepare")
+@click.option("--lama", "lama_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="LAMA T-REx directory (P*.jsonl, relations.jsonl).")
+@click.option("--pararel", "pararel_dir", type=click.Path(exists=True, file_okay=False),
+              default=None, help="ParaRel templates (default: pararel-templates beside --lama).")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Benchmark directory: corpus.jsonl, queries.jsonl, manifest.json.")
+@config_options(PrepareOptions)
+def eval_prepare_cmd(lama_dir, pararel_dir, out, **kwargs):
+    """Build a fact-tracing benchmark from LAMA T-REx: a corpus of the sentences that state the
+    sampled facts (plus paraphrases and distractors) and one query per fact with its
+    ground-truth proponents."""
+    from tda.evaluation.prepare import prepare
+    try:
+        options, _ = pick(PrepareOptions, kwargs)
+        manifest = prepare(lama_dir, out, options, pararel_dir)
+    except (ValueError, FileNotFoundError) as e:
+        fail(str(e))
+    counts = manifest.get("counts", {})
+    click.echo(f"{out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()
+                                      if not isinstance(v, dict)))
 
 
 @eval_group.command("train")

@@ -1,6 +1,7 @@
 """Training small causal LMs from scratch with AdamW (for tests, the demo and the benchmark)."""
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,6 +11,9 @@ import torch
 from torch import nn
 
 from tda.engine.batching import Sequence, collate, per_example_loss
+
+
+MIN_LR = 0.1
 
 
 @dataclass
@@ -24,7 +28,8 @@ def train_lm(model: nn.Module, tokenizer, texts: Seq[str], *, epochs: int = 1,
              max_len: int = 128, seed: int = 0, warmup: int = 20,
              progress=None) -> TrainResult:
     """Next-token training on ``texts`` with AdamW (built from named parameters so its
-    state_dict records names), linear warmup then cosine decay. Deterministic for a seed."""
+    state_dict records names), linear warmup then cosine decay to MIN_LR x ``lr`` (so the
+    final learning rate, which tail-patch steps with, is not zero). Deterministic for a seed."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     seqs = [Sequence(tuple(tokenizer(t)["input_ids"][:max_len]), 1) for t in texts]
@@ -32,8 +37,11 @@ def train_lm(model: nn.Module, tokenizer, texts: Seq[str], *, epochs: int = 1,
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     opt = torch.optim.AdamW(list(model.named_parameters()), lr=lr, weight_decay=weight_decay)
     steps = epochs * ((len(seqs) + batch_size - 1) // batch_size)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (
-        1 + torch.cos(torch.tensor(torch.pi * s / max(steps, 1))).item()))
+    def schedule(step: int) -> float:     # linear warmup, then cosine from lr to MIN_LR * lr
+        cos = 0.5 * (1 + math.cos(math.pi * min(step, steps) / max(steps, 1)))
+        return min(1.0, (step + 1) / warmup) * (MIN_LR + (1 - MIN_LR) * cos)
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     result = TrainResult(opt)
     model.train()
     for _ in range(epochs):

@@ -1,0 +1,96 @@
+"""The evaluation end to end on a small real benchmark, and `tda demo` in a small setting."""
+import json
+
+import pytest
+
+import helpers
+from indexing import tda
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    tda("eval", "prepare", "--lama", str(helpers.LAMA), "--relations", "P19,P1412",
+        "--facts", "24", "--paraphrases", "2", "--out", str(out))
+    return out
+
+
+@pytest.fixture(scope="module")
+def model(bench, tmp_path_factory):
+    out = tmp_path_factory.mktemp("model")
+    res = tda("eval", "train", "--corpus", str(bench / "corpus.jsonl"), "--out", str(out),
+              "--epochs", "3", "--vocab-size", "1024", "--json")
+    info = json.loads(res.stdout)
+    assert info["queries"] == 24 and 0 <= info["fact_accuracy"] <= 1
+    assert info["final_lr"] > 0 and (out / "loss.png").is_file()
+    for f in ("config.json", "tokenizer.json", "optimizer.pt", "training.json"):
+        assert (out / f).is_file(), f
+    return out
+
+
+def test_training_is_deterministic(bench, model, tmp_path):
+    again = tmp_path / "again"
+    tda("eval", "train", "--corpus", str(bench / "corpus.jsonl"), "--out", str(again),
+        "--epochs", "3", "--vocab-size", "1024")
+    a = json.loads((model / "training.json").read_text())
+    b = json.loads((again / "training.json").read_text())
+    assert a["losses"] == b["losses"]
+
+
+@pytest.mark.slow
+def test_eval_run_end_to_end(bench, model, tmp_path):
+    index = tmp_path / "index"
+    tda("index", "--model", str(model), "--corpus", str(bench / "corpus.jsonl"), "--out",
+        str(index), "--projection-dim", "4", "--shard-size", "64", "--no-progress")
+    report_dir = tmp_path / "report"
+    tda("eval", "run", "--index", str(index), "--queries", str(bench / "queries.jsonl"),
+        "--out", str(report_dir), "--tail-patch", "3", "--tail-patch-queries", "6",
+        "--workers", "1")
+    report = json.loads((report_dir / "report.json").read_text())
+    assert set(report["methods"]) == {"bm25", "graddot", "gradcos", "optcos", "rtrain",
+                                      "trackstar", "exact", "fused"}
+    for name, m in report["methods"].items():
+        for metric in ("mrr_all", "recall10_all", "mrr_wikipedia", "recall10_wikipedia"):
+            s = m[metric]
+            assert s["n"] == 24 and s["ci_low"] <= s["mean"] <= s["ci_high"], (name, metric)
+            assert 0 <= s["mean"] <= 1
+        assert m["tail_patch_at_1_dlogp"]["n"] == 6
+    assert set(report["references"]) == {"ground_truth", "random"}
+    # BM25 finds sentences that share the query's words: far better than chance here
+    assert report["methods"]["bm25"]["mrr_all"]["mean"] > 0.3
+    md = (report_dir / "report.md").read_text()
+    assert "TrackStar (+ mixed R)" in md and "reference: ground truth" in md
+    for png in ("mrr.png", "recall10.png", "tailpatch.png"):
+        assert (report_dir / png).stat().st_size > 1000
+    # a rerun reuses the ablation indexes and profiles
+    res = tda("eval", "run", "--index", str(index), "--queries", str(bench / "queries.jsonl"),
+              "--out", str(report_dir), "--methods", "trackstar,exact", "--tail-patch", "0",
+              "--workers", "1")
+    assert "ablation index" not in res.stderr and "profile eval-mixed" not in res.stderr
+
+
+def test_eval_run_refuses_a_non_trackstar_index(bench, model, tmp_path):
+    index = tmp_path / "index"
+    tda("index", "--model", str(model), "--corpus", str(bench / "corpus.jsonl"), "--out",
+        str(index), "--projection-dim", "2", "--correction", "none", "--no-bm25",
+        "--no-progress")
+    res = tda("eval", "run", "--index", str(index), "--queries", str(bench / "queries.jsonl"),
+              "--out", str(tmp_path / "r"), check=False)
+    assert res.returncode == 1 and "must be TrackStar's" in res.stderr
+
+
+@pytest.mark.slow
+def test_demo_end_to_end(tmp_path):
+    from rich.console import Console
+
+    from tda.evaluation.demo import DemoSettings, run_demo
+    console = Console(record=True, width=160)
+    settings = DemoSettings(epochs=2, projection_dim=4)
+    shown = run_demo(tmp_path, settings, console)
+    text = console.export_text()
+    assert len(shown["shown"]) == 3 and "TrackStar" in text and "BM25" in text
+    for s in shown["shown"]:
+        assert len(s["trackstar"]) == 5 and len(s["bm25"]) == 5
+    again = run_demo(tmp_path, settings, Console(record=True, width=160))   # all cached
+    assert again["shown"] == shown["shown"]
+    assert again["timings"]["train_s"] < 5
