@@ -9,7 +9,8 @@ first twice as many (its first half is the N corpus). Both use ``--shard-size`` 
 shard, so each spans several shards (the unit a build holds in memory).
 
 Figures:
-- corpus.{N,2N}: documents, examples (after chunking), tokens (non-pad), shards, batches.
+- corpus.{N,2N}: documents, examples (after chunking), tokens (non-pad), shards, batches, and
+  text_bytes (UTF-8 bytes of the examples' texts).
 - seconds.engine_{N,2N}: the engine alone, in this process: Featurizer.featurize_batch over the
   very batches the indexer forms (indexer.documents.chunk_document per document, per shard
   indexer.batching.budget_batches with ``--batch-tokens``, engine.collate), collated beforehand;
@@ -19,25 +20,39 @@ Figures:
 - seconds.index_{bm25,nobm25}_{N,2N}: wall time of the real command, ``python -m tda.cli index
   --model DIR --corpus FILE --out OUT --no-progress --json`` (``--bm25`` default, or
   ``--no-bm25``), in a child process: interpreter and torch start-up, model loading, corpus
-  scan, featurizing, Zarr writes and (with bm25) the JVM and the Lucene index.
+  scan, featurizing, Zarr writes and (with bm25) the JVM and the Lucene index (and the ~0.03 s
+  start of the small wrapper that measures its RSS, below).
 - seconds.summary_*: the ``seconds`` of the command's own JSON summary (from build_index's start:
   without interpreter/import start-up, with model loading and everything after).
 - Every time is the fastest of ``--rounds`` rounds; each round runs every measurement once, in
   turn (interleaved), so slow spells of the shared machine hit all of them.
 - tokens_per_s: engine and command, "including_startup" = tokens_2N / seconds_2N, "marginal" =
   (tokens_2N - tokens_N) / (seconds_2N - seconds_N): fixed costs (start-up, model load, JVM)
-  cancel.
+  cancel; "prep" = tokens_2N / prep_2N (reading + tokenizing + collating alone).
 - overhead: command time / engine time - 1, the share the command adds for I/O and
   orchestration. "marginal_*" (fixed start-up excluded) = (index_2N - index_N) /
   (engine_2N - engine_N) - 1; "including_startup_*_2N" = index_2N / engine_2N - 1. The target
   (<= 0.15) is compared with marginal_bm25, the default command; fixed_startup_s is the
   intercept of the command's time against tokens (what a build pays once, whatever its size).
+  "summary_*_2N" = the summary's seconds / engine_2N - 1 (start-up of the interpreter and
+  imports excluded, model loading and the rest included); prep_share_of_engine_marginal =
+  (prep_2N - prep_N) / (engine_2N - engine_N).
 - index_bytes: of the 2N index built with bm25: ``du`` of shards/ (apparent bytes and bytes
-  allocated on disk), the vectors arrays alone, bm25/, second_moments/ and the whole index, per
-  example; raw_fp16_per_example = d x 2 (uncompressed float16 vector).
-- peak_rss_mb: maximum resident set of each command child (os.wait4's rusage of that child,
-  its own descendants included: not this process), the largest over rounds, for N and 2N, with
-  and without bm25; ratio_2N_over_N per mode. Target: 2N within 10% of N.
+  allocated on disk), the vectors arrays alone, bm25/, second_moments/ (fixed, not per example)
+  and the whole index, per example; raw_fp16_per_example = d x 2 (an uncompressed float16
+  vector); text_bytes_per_example (UTF-8 text of an example) and bm25_apparent_over_text, to
+  scale the Lucene index to other corpora.
+- threads: torch threads of this process and OMP_NUM_THREADS of the commands. On a busy shared
+  machine pass --threads 1: with the cores oversubscribed, 2 OpenMP threads ran 2.5-3x slower
+  than 1 here.
+- peak_rss_mb: maximum resident set of each command (getrusage(RUSAGE_CHILDREN).ru_maxrss in a
+  fresh wrapper process whose only child is the command: not this process's), the largest over
+  rounds, for N and 2N, with and without bm25; ratio_2N_over_N per mode (target: 2N within 10%
+  of N); all_rounds: every measurement; this_process: this benchmark's own peak (the engine-alone
+  runs), for comparison.
+
+Run time: measured 9 minutes with ``--documents 96 --rounds 2 --threads 1`` on a busy 2-core
+machine; the defaults should take about as long on a quiet one (not measured).
 """
 from __future__ import annotations
 
@@ -79,25 +94,38 @@ def write_corpus(path: Path, n_docs: int, offset: int, seed: int = 0) -> None:
 
 
 def indexer_batches(featurizer: Featurizer, corpus: Path, shard_size: int, batch_tokens: int):
-    """The batches ``tda index`` forms for this corpus (as build._featurize_shards does), and
-    the seconds spent reading, tokenizing and collating them."""
+    """The batches ``tda index`` forms for this corpus (as build._featurize_shards does), the
+    number of examples, shards and UTF-8 bytes of example text, and the seconds spent reading,
+    tokenizing and collating."""
     start = time.perf_counter()
     max_len = featurizer.config.max_len
     n_docs = sum(1 for line in corpus.open() if line.strip())
-    batches, examples, shards = [], 0, 0
+    batches, examples, shards, text_bytes = [], 0, 0, 0
     for _, docs in shard_documents([corpus], CorpusOptions(), shard_size,
                                    set(range(-(-n_docs // shard_size)))):
         exs = [e for d in docs for e in chunk_document(d, featurizer.tokenizer, max_len)]
         batches += [collate([exs[i].sequence for i in idx], featurizer.pad_id)
                     for idx in budget_batches([e.sequence for e in exs], batch_tokens)]
         examples += len(exs)
+        text_bytes += sum(len(e.text.encode()) for e in exs)
         shards += 1
-    return batches, examples, shards, time.perf_counter() - start
+    return batches, examples, shards, text_bytes, time.perf_counter() - start
 
 
 def run_engine(featurizer: Featurizer, batches) -> None:
     for b in batches:
         featurizer.featurize_batch(b)
+
+
+# Runs a command and writes its peak RSS (KiB) to argv[1]. A fresh, small parent: a child
+# forked straight from this (large) process would inherit this process's RSS high-water mark
+# in its own ru_maxrss (Linux records the old address space's peak at exec).
+_RSS_WRAPPER = """
+import resource, subprocess, sys
+rc = subprocess.call(sys.argv[2:])
+open(sys.argv[1], "w").write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))
+sys.exit(rc)
+"""
 
 
 def run_index(model_dir: Path, corpus: Path, out: Path, args, bm25: bool) -> dict:
@@ -108,19 +136,17 @@ def run_index(model_dir: Path, corpus: Path, out: Path, args, bm25: bool) -> dic
            "--shard-size", str(args.shard_size), "--batch-tokens", str(args.batch_tokens),
            "--max-len", str(args.max_len), "--bm25" if bm25 else "--no-bm25"]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-    log = out.with_suffix(".log")
+    log, rss = out.with_suffix(".log"), out.with_suffix(".rss")
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("w") as err:
         start = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, env=env)
-        stdout = proc.stdout.read()
-        _, status, usage = os.wait4(proc.pid, 0)
+        proc = subprocess.run([sys.executable, "-c", _RSS_WRAPPER, str(rss)] + cmd,
+                              stdout=subprocess.PIPE, stderr=err, env=env)
         seconds = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise RuntimeError(f"tda index failed ({proc.returncode}): {log.read_text()[-2000:]}")
-    return {"seconds": seconds, "summary": json.loads(stdout),
-            "peak_rss_mb": usage.ru_maxrss / 1024}
+    return {"seconds": seconds, "summary": json.loads(proc.stdout),
+            "peak_rss_mb": int(rss.read_text()) / 1024}
 
 
 def du_bytes(path: Path) -> dict:
@@ -132,7 +158,7 @@ def du_bytes(path: Path) -> dict:
     return {"apparent": du("-b"), "on_disk": du("-B1")}
 
 
-def index_bytes(out: Path, examples: int, dim: int) -> dict:
+def index_bytes(out: Path, examples: int, text_bytes: int, dim: int) -> dict:
     shards = du_bytes(out / "shards")
     vectors = sum(du_bytes(p)["apparent"] for p in (out / "shards").glob("*/vectors"))
     parts = {name: du_bytes(out / name) for name in ("bm25", "second_moments")
@@ -140,12 +166,15 @@ def index_bytes(out: Path, examples: int, dim: int) -> dict:
     total = du_bytes(out)
     return {
         "examples": examples,
+        "text_bytes_per_example": round(text_bytes / examples, 1),
         "shards_apparent_per_example": round(shards["apparent"] / examples, 1),
         "shards_on_disk_per_example": round(shards["on_disk"] / examples, 1),
         "vectors_apparent_per_example": round(vectors / examples, 1),
         "raw_fp16_per_example": 2 * dim,
         "vectors_over_raw_fp16": round(vectors / examples / (2 * dim), 4),
         "bm25_on_disk_per_example": round(parts["bm25"]["on_disk"] / examples, 1)
+        if "bm25" in parts else None,
+        "bm25_apparent_over_text": round(parts["bm25"]["apparent"] / text_bytes, 2)
         if "bm25" in parts else None,
         "second_moments_on_disk": parts.get("second_moments", {}).get("on_disk"),
         "index_on_disk_per_example": round(total["on_disk"] / examples, 1),
@@ -154,7 +183,7 @@ def index_bytes(out: Path, examples: int, dim: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--documents", type=int, default=160,
+    ap.add_argument("--documents", type=int, default=128,
                     help="N: documents of the smaller corpus (the larger has 2N)")
     ap.add_argument("--shard-size", type=int, default=32, help="documents per shard")
     ap.add_argument("--batch-tokens", type=int, default=8192, help="as tda index's default")
@@ -187,13 +216,14 @@ def main() -> None:
                     "corpus": {}}
     batches, tokens = {}, {}
     for name, path in corpora.items():
-        b, examples, shards, _ = indexer_batches(featurizer, path, args.shard_size,
+        b, examples, shards, text_bytes, _ = indexer_batches(featurizer, path, args.shard_size,
                                                  args.batch_tokens)
         batches[name] = b
         tokens[name] = int(sum(x.n_tokens.sum() for x in b))
         result["corpus"][name] = {"documents": len(path.read_text().splitlines()),
                                   "examples": examples, "tokens": tokens[name],
-                                  "shards": shards, "batches": len(b)}
+                                  "shards": shards, "batches": len(b),
+                                  "text_bytes": text_bytes}
 
     run_engine(featurizer, batches["N"][:2])          # warm up
     fns = {f"engine_{k}": (lambda k=k: run_engine(featurizer, batches[k])) for k in corpora}
@@ -221,7 +251,8 @@ def main() -> None:
 
     dt = tokens["2N"] - tokens["N"]
     tps = {"engine_including_startup": tokens["2N"] / seconds["engine_2N"],
-           "engine_marginal": dt / (seconds["engine_2N"] - seconds["engine_N"])}
+           "engine_marginal": dt / (seconds["engine_2N"] - seconds["engine_N"]),
+           "prep": tokens["2N"] / seconds["prep_2N"]}
     overhead, fixed = {}, {}
     for mode in ("bm25", "nobm25"):
         i_n, i_2n = seconds[f"index_{mode}_N"], seconds[f"index_{mode}_2N"]
@@ -240,7 +271,8 @@ def main() -> None:
         / (seconds["engine_2N"] - seconds["engine_N"]), 3)
     result["overhead"]["compared_with_target"] = "marginal_bm25"
 
-    result["index_bytes"] = index_bytes(RUNS / "index_bm25_2N", result["corpus"]["2N"]["examples"],
+    c2 = result["corpus"]["2N"]
+    result["index_bytes"] = index_bytes(RUNS / "index_bm25_2N", c2["examples"], c2["text_bytes"],
                                         featurizer.dim)
     rss = {key: round(max(r["peak_rss_mb"] for r in rs), 1) for key, rs in runs.items()}
     result["peak_rss_mb"] = {

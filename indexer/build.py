@@ -66,7 +66,7 @@ def build_index(model_dir: str | Path, corpus: list[str | Path], out: str | Path
                 overwrite: bool = False, progress: bool = True) -> BuildSummary:
     """Build (or resume) the index at ``out``. Under torchrun every rank calls this."""
     started = time.perf_counter()
-    ranks = D.init()
+    ranks = D.init(timeout_s=options.collective_timeout_min * 60)
     try:
         return _build(ranks, Path(model_dir), corpus, str(out), config, options,
                       corpus_options, optimizer_state, estimate_examples, overwrite, progress,
@@ -96,7 +96,10 @@ def _build(ranks, model_dir, corpus, out, config, options, corpus_options, optim
     if scan.documents == 0:
         raise BuildError(f"the corpus has no documents to index ({scan.empty} empty, "
                          f"{scan.bad} bad records)")
-    model, tokenizer = load_model(model_dir, dtype=config.dtype, device=ranks.device)
+    # with FSDP the full model is never on the device: loaded on the CPU, sharded, and each
+    # rank's shard moves to its device
+    model, tokenizer = load_model(model_dir, dtype=config.dtype,
+                                  device="cpu" if options.fsdp else ranks.device)
     fp = _on_main(ranks, lambda: model_fingerprint(model_dir))
 
     if overwrite and ranks.is_main:
@@ -131,10 +134,9 @@ def _build(ranks, model_dir, corpus, out, config, options, corpus_options, optim
                            skipped_examples=scan.examples_of_bad + scan.examples_of_empty)
     written, examples, tokens = _featurize_shards(ranks, featurizer, store, files,
                                                   corpus_options, options, mine, progress)
-    totals = D.gather(ranks, (written, examples, tokens))
+    totals = D.gather(ranks, (written, examples, tokens))    # every rank's shards are written
     summary.shards_written = sum(t[0] for t in totals)
-    D.barrier(ranks)
-    if ranks.is_main:
+    if ranks.is_main:          # the other ranks are done; rank 0 checks and builds BM25 alone
         complete = store.complete_shards()
         missing = sorted(set(range(n_shards)) - set(complete))
         if missing:
@@ -146,7 +148,6 @@ def _build(ranks, model_dir, corpus, out, config, options, corpus_options, optim
     summary.tokens = sum(t[2] for t in totals)
     summary.seconds = round(time.perf_counter() - started, 2)
     summary.tokens_per_s = round(summary.tokens / max(summary.seconds, 1e-9), 1)
-    D.barrier(ranks)
     return summary
 
 
@@ -233,10 +234,10 @@ def _featurize_shards(ranks, featurizer: Featurizer, store: IndexStore, files, c
         for shard, docs in shard_documents(files, corpus_options, options.shard_size, set(mine)):
             exs: list[Example] = [e for d in docs
                                   for e in chunk_document(d, featurizer.tokenizer, max_len)]
-            parts = [None] * len(exs)
+            rows = ShardRows.empty(exs, featurizer.dim)      # filled batch by batch
             batches = budget_batches([e.sequence for e in exs], options.batch_tokens)
             for j, idx in enumerate(batches):
-                yield shard, exs, parts, idx, j == len(batches) - 1, len(docs)
+                yield shard, rows, idx, j == len(batches) - 1, len(docs)
 
     items = work()
     dummy = collate([featurizer.example_sequences(["a b"])[0]], featurizer.pad_id) \
@@ -250,32 +251,22 @@ def _featurize_shards(ranks, featurizer: Featurizer, store: IndexStore, files, c
                 break
             featurizer.featurize_batch(dummy)
             continue
-        shard, exs, parts, idx, last, n_docs = item
-        feats = featurizer.featurize_batch(collate([exs[i].sequence for i in idx],
+        shard, rows, idx, last, n_docs = item
+        feats = featurizer.featurize_batch(collate([rows.sequences[i] for i in idx],
                                                    featurizer.pad_id))
-        for row, i in enumerate(idx):
-            parts[i] = (feats.vectors[row], feats.norm[row], feats.loss[row],
-                        feats.n_tokens[row])
+        rows.fill(idx, feats.vectors.numpy(), feats.norm.numpy(), feats.loss.numpy(),
+                  feats.n_tokens.numpy())
         n_tok = int(feats.n_tokens.sum())
         tokens += n_tok
         if bar:
             bar.advance(n_tok, n_docs if last else 0)
         if last:
-            store.write_shard(shard, _rows(exs, parts), options.storage_dtype)
+            store.write_shard(shard, rows, options.storage_dtype)
             written += 1
-            examples += len(exs)
+            examples += len(rows)
     if bar:
         bar.close()
     return written, examples, tokens
-
-
-def _rows(exs: list[Example], parts) -> ShardRows:
-    return ShardRows(vectors=torch.stack([p[0] for p in parts]).numpy(),
-                     ids=[e.id for e in exs], doc_ids=[e.doc_id for e in exs],
-                     texts=[e.text for e in exs],
-                     n_tokens=np.array([int(p[3]) for p in parts], dtype=np.int32),
-                     loss=np.array([float(p[2]) for p in parts], dtype=np.float32),
-                     norm=np.array([float(p[1]) for p in parts], dtype=np.float32))
 
 
 def _build_bm25(store: IndexStore, n_shards: int) -> int | None:

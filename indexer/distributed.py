@@ -25,9 +25,10 @@ class Ranks:
         return self.world > 1
 
 
-def init(timeout_s: float = 1800) -> Ranks:
+def init(timeout_s: float = 4 * 3600) -> Ranks:
     """Join the torchrun process group (NCCL with GPUs, gloo without); single process when not
-    launched by torchrun. Each rank uses cuda:LOCAL_RANK when CUDA is available."""
+    launched by torchrun. Each rank uses cuda:LOCAL_RANK when CUDA is available. ``timeout_s``
+    bounds every collective, including the waits while rank 0 alone scans the corpus."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))

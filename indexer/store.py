@@ -41,8 +41,24 @@ class ShardRows:
     loss: np.ndarray
     norm: np.ndarray
 
+    sequences: list | None = None      # token sequences while the rows are being computed
+
     def __len__(self) -> int:
         return len(self.ids)
+
+    @classmethod
+    def empty(cls, examples, dim: int) -> "ShardRows":
+        """Rows for ``examples`` (indexer Examples) with numbers to fill in by ``fill``."""
+        n = len(examples)
+        return cls(np.zeros((n, dim), np.float32), [e.id for e in examples],
+                   [e.doc_id for e in examples], [e.text for e in examples],
+                   np.zeros(n, np.int32), np.zeros(n, np.float32), np.zeros(n, np.float32),
+                   [e.sequence for e in examples])
+
+    def fill(self, rows, vectors, norm, loss, n_tokens) -> None:
+        """Write one batch's results into ``rows`` (positions in the shard)."""
+        self.vectors[rows] = vectors
+        self.norm[rows], self.loss[rows], self.n_tokens[rows] = norm, loss, n_tokens
 
 
 def _compressor():

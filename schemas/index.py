@@ -51,7 +51,12 @@ class IndexOptions:
                             "examples are bucketed by length.", default=8192)
     fsdp: bool = doc("Shard the model over ranks with FSDP2 (for models that do not fit one "
                      "device); ranks then step in lockstep.", default=False)
-    bm25: bool = doc("Also build the Lucene BM25 index of the same examples.", default=True)
+    bm25: bool = doc("Also build the Lucene BM25 index of the same examples (rank 0, after "
+                     "the gradients; for huge corpora build it later without torchrun).",
+                     default=True)
+    collective_timeout_min: float = doc(
+        "Minutes a rank waits in a collective, e.g. while rank 0 alone scans the corpus "
+        "(~4 min per 64 GB of JSON Lines).", default=240.0)
 
     def __post_init__(self) -> None:
         if self.shard_size < 1:
