@@ -224,6 +224,27 @@ def _read_requests(path, k, mode, profile):
     return out
 
 
+@main.command("verify")
+@click.argument("index")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def verify_cmd(index, as_json):
+    """Check every part of INDEX against its checksums and counts: manifest, second moments,
+    shards, BM25, profiles. Exit code 1 and each problem by name when anything is wrong;
+    `tda index` (the same command again) rebuilds corrupt shards."""
+    from tda.indexer.verify import verify_index
+    report = verify_index(index)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        c = report["checked"]
+        click.echo(f"checked {c['shards']} shards, {c['bm25_documents']} BM25 documents, "
+                   f"{c['profiles']} profiles ({c['profile_shards']} profile shards)")
+        for p in report["problems"]:
+            click.echo(f"problem: {p}", err=True)
+        click.echo("ok" if report["ok"] else f"{len(report['problems'])} problem(s)")
+    sys.exit(0 if report["ok"] else 1)
+
+
 @main.command("precondition")
 @click.argument("index")
 @click.option("--name", required=True, help="Profile name (search with --profile NAME).")
@@ -244,6 +265,7 @@ def precondition_cmd(index, name, queries, overwrite, model_dir, scheduler, work
     Ablations: --mode none (no R), --mode train (R_train), --mode mixed --queries Q (TrackStar).
     """
     from tda.indexer.encoder import ModelMismatch
+    from tda.indexer.lock import IndexBusy
     from tda.indexer.precondition import build_profile
     from tda.indexer.profiles import ProfileError
     from tda.indexer.store import IndexError_
@@ -253,7 +275,8 @@ def precondition_cmd(index, name, queries, overwrite, model_dir, scheduler, work
         summary = build_profile(index, name, queries, options, overwrite=overwrite,
                                 scheduler=scheduler, workers=workers, model_dir=model_dir,
                                 log=log)
-    except (ProfileError, IndexError_, ModelMismatch, FileNotFoundError, ValueError) as e:
+    except (ProfileError, IndexError_, ModelMismatch, IndexBusy, FileNotFoundError,
+            ValueError) as e:
         fail(str(e))
     if as_json:
         click.echo(json.dumps(summary, indent=2))
@@ -417,7 +440,7 @@ def eval_run_cmd(index, queries, out, methods, tail_patch, tail_patch_queries, w
     report.json and charts. Ablation indexes and profiles are built under REPORT/ once."""
     from tda.evaluation.run import run_eval
     try:
-        report = run_eval(index, queries, out, [m for m in methods.split(",") if m],
+        run_eval(index, queries, out, [m for m in methods.split(",") if m],
                           tail_patch, tail_patch_queries or None, workers, seed,
                           log=lambda m: click.echo(m, err=True))
     except (ValueError, FileNotFoundError) as e:

@@ -10,12 +10,11 @@ from __future__ import annotations
 import datetime
 import os
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
-import torch
 
 from tda import __version__
 from tda.engine import Featurizer, TrackStarConfig, collate, load_model, model_fingerprint
@@ -24,9 +23,11 @@ from tda.engine.second_moments import OWN_FILE, TRAINER_FILE, SecondMoments, loa
 from tda.indexer import distributed as D
 from tda.indexer import lucene
 from tda.indexer.batching import budget_batches
+from tda.indexer.faults import crash_point
 from tda.indexer.documents import (CorpusScan, Example, chunk_document, scan_corpus,
                                    shard_documents, valid_documents)
 from tda.indexer.readers import CorpusError, corpus_files, fingerprint
+from tda.indexer.lock import IndexBusy, IndexLock
 from tda.indexer.store import IndexError_, IndexMissing, IndexStore, ShardRows
 from tda.schemas.corpus import CorpusOptions
 from tda.schemas.index import IndexOptions, Manifest
@@ -67,11 +68,14 @@ def build_index(model_dir: str | Path, corpus: list[str | Path], out: str | Path
     """Build (or resume) the index at ``out``. Under torchrun every rank calls this."""
     started = time.perf_counter()
     ranks = D.init(timeout_s=options.collective_timeout_min * 60)
+    lock = IndexLock(out, "tda index")
     try:
+        _on_main(ranks, lambda: lock.__enter__() and None)   # one build per index at a time
         return _build(ranks, Path(model_dir), corpus, str(out), config, options,
                       corpus_options, optimizer_state, estimate_examples, overwrite, progress,
                       started)
     finally:
+        lock.__exit__()
         D.shutdown()
 
 
@@ -81,7 +85,8 @@ def _on_main(ranks: D.Ranks, fn):
     if ranks.is_main:
         try:
             result = fn()
-        except (CorpusError, IndexError_, BuildError, ValueError, FileNotFoundError) as e:
+        except (CorpusError, IndexError_, BuildError, IndexBusy, ValueError,
+                FileNotFoundError) as e:
             error = (type(e).__name__, str(e))
     result, error = D.broadcast(ranks, (result, error))
     if error:
@@ -179,6 +184,11 @@ def _open_or_create(out: str, manifest: Manifest, n_shards: int,
                              "--overwrite to replace it.")
     if moments is not None and store.read_moments() is None:
         store.write_moments(moments)
+    for shard in sorted(store.complete_shards()):      # resuming: trust no shard unchecked
+        problem = store.verify_shard(shard)
+        if problem:
+            print(f"tda index: rebuilding {problem}", file=sys.stderr)
+            store.drop_shard(shard)
     complete = store.complete_shards()
     stray = sorted(i for i in complete if i >= n_shards)
     if stray:
@@ -269,13 +279,21 @@ def _featurize_shards(ranks, featurizer: Featurizer, store: IndexStore, files, c
     return written, examples, tokens
 
 
+def _bm25_ok(path: Path, documents: int) -> bool:
+    """The Lucene index opens and holds the number of documents it was built with."""
+    try:
+        return path.is_dir() and len(lucene.BM25(path)) == documents
+    except Exception:  # noqa: BLE001 - any failure to open means: rebuild it
+        return False
+
+
 def _build_bm25(store: IndexStore, n_shards: int) -> int | None:
     """Lucene index of every example's text under the index directory (local indexes)."""
     path = store.bm25_path
     if path is None:
         return None
     status = store.bm25_status
-    if status and status.get("complete") and path.is_dir():
+    if status and status.get("complete") and _bm25_ok(path, status["documents"]):
         return status["documents"]
     tmp = path.with_name(path.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -288,6 +306,7 @@ def _build_bm25(store: IndexStore, n_shards: int) -> int | None:
                 yield {"id": i, "contents": t, "doc_id": d, "shard": s, "row": row}
 
     n = lucene.build(tmp, docs())
+    crash_point("bm25")
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
     store.set_bm25_status({"complete": True, "documents": n})

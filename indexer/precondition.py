@@ -15,6 +15,8 @@ import torch
 
 from tda.indexer.profiles import (MODES, ProfileError, _read_blocks, block_slices, fit,
                                   profile_group, read_queries, sample_phi)
+from tda.indexer.faults import crash_point
+from tda.indexer.lock import IndexLock
 from tda.indexer.store import IndexStore
 from tda.schemas.index import COMPLETE_KEY, PROFILES, PreconditionOptions
 
@@ -29,6 +31,13 @@ def build_profile(index: str | Path, name: str, queries: str | Path | None = Non
                   overwrite: bool = False, scheduler: str | None = None, workers: int = 2,
                   model_dir: str | Path | None = None, log=print) -> dict:
     """Build (or finish) profile ``name``; returns its summary."""
+    with IndexLock(index, f"tda precondition {name}"):
+        return _build_profile(index, name, queries, options, overwrite, scheduler, workers,
+                              model_dir, log)
+
+
+def _build_profile(index, name, queries, options, overwrite, scheduler, workers, model_dir,
+                   log) -> dict:
     start = time.perf_counter()
     store = IndexStore.open(index, mode="r+")
     if not name or "/" in name or name.startswith("."):
@@ -108,6 +117,7 @@ def _fit_and_store(store, group, settings, query_pairs, model_dir, log) -> None:
     for i, b in enumerate(blocks):
         arr = t.create_array(f"{i:05d}", shape=tuple(b.shape), dtype="float32")
         arr[:] = b.float().numpy()
+    crash_point("profile-transform")
     group.attrs["transform"] = {**info, "components": settings["components"],
                                 "train_vectors": len(train_phi),
                                 "queries": 0 if eval_phi is None else len(eval_phi)}
@@ -120,7 +130,8 @@ def transform_shard(index: str, name: str, shard: int) -> int:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     blocks = [b.to(device) for b in _read_blocks(group)]
     slices = block_slices(store)
-    v = torch.from_numpy(store.read_shard(shard, ("vectors",))["vectors"]).to(device).double()
+    v = torch.from_numpy(store.read_shard(shard, ("vectors",), verify=True)["vectors"]) \
+        .to(device).double()
     from tda.engine import preconditioner as P
     out = P.normalize_rows(P.apply_blocks(blocks, slices, v)).float().cpu().numpy()
     store.write_profile_shard(name, shard, out, store.manifest.layout["storage_dtype"])

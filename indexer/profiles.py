@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from tda.engine import preconditioner as P
-from tda.indexer.store import IndexError_, IndexStore
+from tda.indexer.store import IndexStore
 from tda.schemas.index import COMPLETE_KEY, PROFILES
 
 MODES = ("none", "train", "mixed")

@@ -8,13 +8,13 @@ import hashlib
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import zarr
 
+from tda.indexer.faults import crash_point
 from tda.schemas.index import (BM25_DIR, BM25_KEY, COMPLETE_KEY, MANIFEST_KEY, MOMENTS,
-                               PROFILES, SHARDS, Manifest, shard_name)
+                               PROFILES, ROW_ARRAYS, SHARDS, Manifest, shard_name)
 
 ROW_CHUNK = 1024
 warnings.filterwarnings("ignore", message=".*vlen-utf8.*")
@@ -23,6 +23,10 @@ warnings.filterwarnings("ignore", message=".*VariableLengthUTF8.*")
 
 class IndexError_(ValueError):
     """The index cannot be used as asked; the message names it and the problem."""
+
+
+class CorruptShard(IndexError_):
+    """A shard that is marked complete but does not read back as written."""
 
 
 class IndexMissing(IndexError_):
@@ -65,10 +69,18 @@ def _compressor():
     return [zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")]
 
 
-def checksum(vectors_stored: np.ndarray, ids: list[str]) -> str:
-    """sha256 (hex) of a shard's stored vector bytes and its ids."""
-    h = hashlib.sha256(np.ascontiguousarray(vectors_stored).tobytes())
-    h.update("\n".join(ids).encode())
+def checksum(arrays: dict[str, np.ndarray | list]) -> str:
+    """sha256 (hex) over a shard's stored arrays, in name order: raw bytes of numeric arrays,
+    newline-joined UTF-8 of string arrays."""
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        values = arrays[name]
+        h.update(name.encode() + b"\0")
+        if isinstance(values, np.ndarray) and values.dtype != object and \
+                values.dtype.kind not in "UT":
+            h.update(np.ascontiguousarray(values).tobytes())
+        else:
+            h.update("\n".join(str(v) for v in values).encode())
     return h.hexdigest()
 
 
@@ -121,6 +133,7 @@ class IndexStore:
         if _is_local(url) and Path(url).exists() and any(Path(url).iterdir()):
             raise IndexError_(f"{url}: exists and is not empty")
         root = zarr.open_group(str(url), mode="w")
+        crash_point("manifest")
         root.attrs[MANIFEST_KEY] = manifest.to_dict()
         root.require_group(SHARDS)
         return cls(url, root)
@@ -179,7 +192,9 @@ class IndexStore:
         arr = g.create_array("vectors", shape=stored.shape, dtype=stored.dtype,
                              chunks=(chunk, stored.shape[1]), compressors=_compressor())
         arr[:] = stored
-        g.attrs[COMPLETE_KEY] = {"rows": int(stored.shape[0]), "checksum": checksum(stored, [])}
+        crash_point("profile-shard")
+        g.attrs[COMPLETE_KEY] = {"rows": int(stored.shape[0]),
+                                 "checksum": checksum({"vectors": stored})}
 
     def write_shard(self, index: int, rows: ShardRows, storage_dtype: str) -> None:
         """Write one shard; any earlier incomplete copy is removed first. The marker (with the
@@ -190,34 +205,69 @@ class IndexStore:
             del shards[name]
         g = shards.create_group(name)
         n = len(rows)
-        stored = to_storage(rows.vectors, storage_dtype)
         chunk = max(1, min(ROW_CHUNK, n))
-        arr = g.create_array("vectors", shape=stored.shape, dtype=stored.dtype,
-                             chunks=(chunk, stored.shape[1]), compressors=_compressor())
-        arr[:] = stored
-        for key, values in (("ids", rows.ids), ("doc_ids", rows.doc_ids), ("text", rows.texts)):
-            a = g.create_array(key, shape=(n,), dtype=str, chunks=(chunk,))
-            a[:] = np.asarray(values, dtype=object)
-        for key, values, dt in (("n_tokens", rows.n_tokens, np.int32),
-                                ("loss", rows.loss, np.float32), ("norm", rows.norm, np.float32)):
-            a = g.create_array(key, shape=(n,), dtype=dt, chunks=(chunk,))
-            a[:] = np.asarray(values, dtype=dt)
-        g.attrs[COMPLETE_KEY] = {"rows": n, "checksum": checksum(stored, list(rows.ids))}
+        arrays = {"vectors": to_storage(rows.vectors, storage_dtype),
+                  "ids": list(rows.ids), "doc_ids": list(rows.doc_ids), "text": list(rows.texts),
+                  "n_tokens": np.asarray(rows.n_tokens, np.int32),
+                  "loss": np.asarray(rows.loss, np.float32),
+                  "norm": np.asarray(rows.norm, np.float32)}
+        for key, values in arrays.items():
+            if isinstance(values, list):
+                a = g.create_array(key, shape=(n,), dtype=str, chunks=(chunk,))
+                a[:] = np.asarray(values, dtype=object)
+            else:
+                a = g.create_array(key, shape=values.shape, dtype=values.dtype,
+                                   chunks=(chunk,) + values.shape[1:],
+                                   compressors=_compressor() if values.ndim == 2 else "auto")
+                a[:] = values
+            if key == "vectors":
+                crash_point("shard-arrays")          # mid-write: vectors there, the rest not
+        crash_point("shard-marker")
+        g.attrs[COMPLETE_KEY] = {"rows": n, "checksum": checksum(arrays)}
+
+    def drop_shard(self, index: int, profile: str | None = None) -> None:
+        """Remove a shard (it will be rebuilt)."""
+        shards = self._shards(profile)
+        if shard_name(index) in shards:
+            del shards[shard_name(index)]
 
     def read_shard(self, index: int, fields: tuple[str, ...] = ("vectors", "ids"),
-                   profile: str | None = None) -> dict:
+                   profile: str | None = None, verify: bool = False) -> dict:
         """The named arrays of a complete shard (vectors as float32); with ``profile``, that
-        profile's transformed vectors."""
+        profile's transformed vectors. ``verify`` reads every array and checks the shard's
+        checksum first: CorruptShard names the shard and the problem."""
         name = shard_name(index)
-        g = self._shards(profile)[name]
-        if not g.attrs.get(COMPLETE_KEY):
-            raise IndexError_(f"{self.url}: shard {name} is incomplete")
+        where = f"{self.url}: {'profile ' + profile + ' ' if profile else ''}shard {name}"
+        try:
+            g = self._shards(profile)[name]
+            marker = g.attrs.get(COMPLETE_KEY)
+        except Exception as e:  # noqa: BLE001 - missing or unreadable metadata
+            raise CorruptShard(f"{where}: missing or unreadable ({e})") from None
+        if not marker:
+            raise IndexError_(f"{where} is incomplete")
+        names = ROW_ARRAYS if profile is None else ("vectors",)
+        try:
+            raw = {f: g[f][:] for f in (names if verify else fields)}
+        except Exception as e:  # noqa: BLE001 - codec/decompression/shape errors
+            raise CorruptShard(f"{where}: unreadable ({type(e).__name__}: {e})") from None
+        if verify:
+            for f in names:
+                if len(raw[f]) != marker["rows"]:
+                    raise CorruptShard(f"{where}: {f} has {len(raw[f])} rows, the marker says "
+                                       f"{marker['rows']}")
+            if checksum(raw) != marker["checksum"]:
+                raise CorruptShard(f"{where}: checksum mismatch (the data changed after it "
+                                   f"was written)")
         dtype = self.manifest.layout["storage_dtype"]
-        out: dict[str, Any] = {}
-        for f in fields:
-            data = g[f][:]
-            out[f] = from_storage(data, dtype) if f == "vectors" else data
-        return out
+        return {f: from_storage(raw[f], dtype) if f == "vectors" else raw[f] for f in fields}
+
+    def verify_shard(self, index: int, profile: str | None = None) -> str | None:
+        """None when the shard reads back whole and matches its checksum, else the problem."""
+        try:
+            self.read_shard(index, ("vectors",), profile, verify=True)
+        except IndexError_ as e:
+            return str(e)
+        return None
 
     def shard_array(self, index: int, field: str, profile: str | None = None):
         """The lazy Zarr array ``field`` of a complete shard (for block-wise reads)."""
@@ -244,6 +294,7 @@ class IndexStore:
                     arr = g.create_array(f"{i:05d}_{part}", shape=tuple(t.shape),
                                          dtype="float64", compressors=_compressor())
                     arr[:] = t.double().numpy()
+            crash_point("moments")
         g.attrs[COMPLETE_KEY] = {"names": names, "source": moments.source,
                                  "optimizer": moments.optimizer, "extra": moments.extra}
 

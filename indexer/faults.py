@@ -1,0 +1,22 @@
+"""Crash points for fault-injection tests: ``TDA_CRASH_AT=NAME`` (or ``NAME:K``, the K-th
+time) makes the process SIGKILL itself when it reaches point NAME. Unset, a point costs one
+dictionary lookup. Points: manifest, moments, shard-arrays, shard-marker, bm25,
+profile-transform, profile-shard."""
+from __future__ import annotations
+
+import os
+import signal
+
+_hits: dict[str, int] = {}
+
+
+def crash_point(name: str) -> None:
+    spec = os.environ.get("TDA_CRASH_AT")
+    if not spec:
+        return
+    point, _, nth = spec.partition(":")
+    if point != name:
+        return
+    _hits[name] = _hits.get(name, 0) + 1
+    if _hits[name] >= int(nth or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
