@@ -132,9 +132,10 @@ class IndexStore:
         """Create a new index with ``manifest``; refuses a path that holds anything."""
         if _is_local(url) and Path(url).exists() and any(Path(url).iterdir()):
             raise IndexError_(f"{url}: exists and is not empty")
-        root = zarr.open_group(str(url), mode="w")
         crash_point("manifest")
-        root.attrs[MANIFEST_KEY] = manifest.to_dict()
+        # one write of zarr.json carries the manifest: no crash leaves a group without it
+        root = zarr.open_group(str(url), mode="w",
+                               attributes={MANIFEST_KEY: manifest.to_dict()})
         root.require_group(SHARDS)
         return cls(url, root)
 
