@@ -149,6 +149,9 @@ def searcher_options(fn):
                      help="exact | hnsw | ivfpq | any FAISS factory string."),
         click.option("--memory-budget-gb", type=float, default=4.0, show_default=True,
                      help="Per shard group: larger groups are streamed from Zarr per query."),
+        click.option("--allow-partial", is_flag=True,
+                     help="Leave out shards that fail their checksum (with a warning) instead "
+                          "of refusing to search."),
     ]):
         fn = opt(fn)
     return fn
@@ -168,7 +171,7 @@ def searcher_options(fn):
 @click.option("--json", "as_json", is_flag=True, help="JSON output (one line per query).")
 @searcher_options
 def search_cmd(prompt, index, target, k, mode, profile, queries, as_json, model_dir, scheduler,
-               workers, kind, memory_budget_gb):
+               workers, kind, memory_budget_gb, allow_partial):
     """Which training examples made the model say TARGET after PROMPT?
 
     Example: tda search "Allan Peiper was born in" --target " Alexandra" --index INDEX
@@ -188,10 +191,12 @@ def search_cmd(prompt, index, target, k, mode, profile, queries, as_json, model_
         fail(str(e))
     try:
         with Searcher(index, model_dir=model_dir, scheduler=scheduler, workers=workers,
-                      kind=kind, memory_budget_gb=memory_budget_gb,
+                      kind=kind, memory_budget_gb=memory_budget_gb, allow_partial=allow_partial,
                       load_model=any(r.mode != "bm25" or r.target is None
                                      for r in requests)) as searcher:
             responses = searcher.search_many(requests)
+            for w in searcher.dense.warnings:
+                click.echo(f"warning: {w}", err=True)
     except (IndexError_, SearchError, ModelMismatch, FileNotFoundError, ValueError) as e:
         fail(str(e))
     if as_json:
@@ -297,7 +302,7 @@ def precondition_cmd(index, name, queries, overwrite, model_dir, scheduler, work
 @config_options(ServerLimits)
 @searcher_options
 def serve_cmd(index, host, port, token, model_dir, scheduler, workers, kind, memory_budget_gb,
-              **kwargs):
+              allow_partial, **kwargs):
     """Serve INDEX over HTTP: POST /search, GET /documents/{id}, /info, /health, OpenAPI at
     /openapi.json."""
     from tda.indexer.store import IndexError_
@@ -310,7 +315,10 @@ def serve_cmd(index, host, port, token, model_dir, scheduler, workers, kind, mem
                    f"port can query the index", err=True)
     try:
         searcher = Searcher(index, model_dir=model_dir, scheduler=scheduler, workers=workers,
-                            kind=kind, memory_budget_gb=memory_budget_gb)
+                            kind=kind, memory_budget_gb=memory_budget_gb,
+                            allow_partial=allow_partial)
+        for w in searcher.dense.warnings:
+            click.echo(f"warning: {w}", err=True)
     except (IndexError_, SearchError, ModelMismatch, FileNotFoundError, ValueError) as e:
         fail(str(e))
     click.echo(f"serving {index} on http://{host}:{port} (docs at /docs)", err=True)

@@ -52,6 +52,8 @@ class SearchResponse(BaseModel):
     bm25: list[Hit] = Field(default_factory=list)
     fused: list[Hit] = Field(default_factory=list)
     timings_ms: dict[str, float] = Field(default_factory=dict)
+    warnings: list[str] = Field(default_factory=list, description="E.g. shards left out as "
+                                                                   "corrupt (--allow-partial).")
 
 
 class Document(BaseModel):

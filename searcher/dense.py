@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tda.indexer.store import IndexStore
+from tda.indexer.store import CorruptShard, IndexStore
 
 STREAM_ROWS = 65536
 # "np": no polysemous training. FAISS does it by default for PQ codes, but it only serves
@@ -71,16 +71,28 @@ class ShardGroup:
 
     def __init__(self, index: str, shards: list[int], kind: str = "exact",
                  memory_budget: int = 4 << 30, nprobe: int = 16, ef_search: int = 64,
-                 profile: str | None = None):
-        self.index, self.shards, self.kind, self.profile = index, list(shards), kind, profile
+                 profile: str | None = None, allow_partial: bool = False):
+        self.index, self.kind, self.profile = index, kind, profile
         self.store = IndexStore.open(index)
         manifest = self.store.manifest
         self.dim = manifest.dim
         self.storage_dtype = manifest.layout["storage_dtype"]
         status = self.store.complete_shards(profile)
-        missing = [s for s in self.shards if s not in status]
+        missing = [s for s in shards if s not in status]
         if missing:
             raise ValueError(f"{index}: shards {missing[:5]} are not complete")
+        # every shard is read back and checked against its checksum before it is searched
+        self.skipped: list[str] = []
+        self.shards = []
+        for s in shards:
+            problem = self.store.verify_shard(s, profile)
+            if problem is None:
+                self.shards.append(s)
+            elif allow_partial:
+                self.skipped.append(problem)
+            else:
+                raise CorruptShard(f"{problem}; repair it with `tda index` (the same command) "
+                                   f"or search with --allow-partial to skip it")
         self.rows_per_shard = [status[s] for s in self.shards]
         self.n = sum(self.rows_per_shard)
         self.streaming = self.n * self.dim * 4 > memory_budget

@@ -17,14 +17,16 @@ _LOADED: dict[tuple, ShardGroup] = {}       # per worker process: loaded shard g
 
 def _group(key: tuple) -> ShardGroup:
     if key not in _LOADED:
-        index, shards, kind, budget, profile = key
-        _LOADED[key] = ShardGroup(index, list(shards), kind, budget, profile=profile)
+        index, shards, kind, budget, profile, allow_partial = key
+        _LOADED[key] = ShardGroup(index, list(shards), kind, budget, profile=profile,
+                                  allow_partial=allow_partial)
     return _LOADED[key]
 
 
-def load_group(key: tuple) -> int:
-    """Load a group on this worker (builds its FAISS index); returns its row count."""
-    return _group(key).n
+def load_group(key: tuple) -> list[str]:
+    """Load a group on this worker (verifies its shards, builds its FAISS index); returns the
+    problems of the shards it skipped (with allow_partial)."""
+    return _group(key).skipped
 
 
 def search_group(key: tuple, queries: np.ndarray, k: int) -> GroupResult:
@@ -42,7 +44,8 @@ class DenseSearch:
     vectors, or a correction profile's transformed ones (loaded on first use)."""
 
     def __init__(self, index: str, *, scheduler: str | None = None, workers: int = 2,
-                 groups: int | None = None, kind: str = "exact", memory_budget: int = 4 << 30):
+                 groups: int | None = None, kind: str = "exact", memory_budget: int = 4 << 30,
+                 allow_partial: bool = False):
         import logging
 
         import dask
@@ -52,6 +55,8 @@ class DenseSearch:
                          "distributed.admin.system-monitor.gil.enabled": False})
         logging.getLogger("distributed").setLevel(logging.ERROR)
         self.index, self.kind, self.memory_budget = str(index), kind, memory_budget
+        self.allow_partial = allow_partial
+        self.warnings: list[str] = []          # shards skipped as corrupt (allow_partial)
         self.store = IndexStore.open(self.index)
         self.dim = self.store.manifest.dim
         self.shards = sorted(self.store.complete_shards())
@@ -78,13 +83,14 @@ class DenseSearch:
                 if missing:
                     raise ValueError(f"{self.index}: profile {profile!r} lacks shards "
                                      f"{missing[:5]}; rebuild it with tda precondition")
-            keys = [(self.index, tuple(g), self.kind, self.memory_budget, profile)
-                    for g in split(self.shards, self.n_groups)]
+            keys = [(self.index, tuple(g), self.kind, self.memory_budget, profile,
+                     self.allow_partial) for g in split(self.shards, self.n_groups)]
             placement = {key: self.addresses[i % len(self.addresses)]
                          for i, key in enumerate(keys)}
             loading = [self.client.submit(load_group, key, workers=[w], pure=False)
                        for key, w in placement.items()]
-            self.client.gather(loading)
+            for skipped in self.client.gather(loading):
+                self.warnings += [f"skipped {p}" for p in skipped]
             self._placements[profile] = placement
         return self._placements[profile]
 

@@ -27,11 +27,14 @@ class Searcher:
     ``model_dir``: the model for query vectors (default: the index's, checked by fingerprint).
     ``scheduler``: an existing dask scheduler address; default a LocalCluster of ``workers``.
     ``kind``: 'exact' (default), 'hnsw', 'ivfpq' or a FAISS factory string.
+    Every shard is checked against its checksum when loaded: a corrupt one is an error, or with
+    ``allow_partial`` it is left out and each response carries a warning.
     """
 
     def __init__(self, index: str | Path, *, model_dir: str | Path | None = None,
                  scheduler: str | None = None, workers: int = 2, kind: str = "exact",
-                 memory_budget_gb: float = 4.0, load_model: bool = True):
+                 memory_budget_gb: float = 4.0, load_model: bool = True,
+                 allow_partial: bool = False):
         from tda.searcher.fanout import DenseSearch
 
         self.index = str(index)
@@ -50,7 +53,8 @@ class Searcher:
         self.bm25 = BM25(bm25_path) if status and status.get("complete") else None
         self._bm25_lock = threading.Lock()
         self.dense = DenseSearch(self.index, scheduler=scheduler, workers=workers, kind=kind,
-                                 memory_budget=int(memory_budget_gb * 2**30))
+                                 memory_budget=int(memory_budget_gb * 2**30),
+                                 allow_partial=allow_partial)
         self._text_cache: dict[int, dict] = {}
         self._profiles: dict[str, object] = {}
 
@@ -100,6 +104,7 @@ class Searcher:
             out.append(self._response(r, targets[i], generated[i], dense.get(i, []), bm))
         t3 = time.perf_counter()
         for resp in out:
+            resp.warnings = list(self.dense.warnings)
             resp.timings_ms = {"target": round((t1 - t0) * 1e3, 2),
                                "trackstar": round((t2 - t1) * 1e3, 2),
                                "bm25_and_merge": round((t3 - t2) * 1e3, 2)}
