@@ -211,19 +211,14 @@ def search_cmd(prompt, index, target, k, mode, profile, queries, as_json, model_
 def _read_requests(path, k, mode, profile):
     from pydantic import ValidationError
 
+    from tda.schemas.jsonl import read_jsonl
     from tda.schemas.search import SearchRequest
     out = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-                if not isinstance(rec, dict):
-                    raise ValueError("not a JSON object")
-                out.append(SearchRequest(**{"k": k, "mode": mode, "profile": profile, **rec}))
-            except (json.JSONDecodeError, ValidationError, ValueError, TypeError) as e:
-                raise ValueError(f"{path}:{n}: {str(e).splitlines()[0]}") from None
+    for n, rec in read_jsonl(path):
+        try:
+            out.append(SearchRequest(**{"k": k, "mode": mode, "profile": profile, **rec}))
+        except (ValidationError, TypeError) as e:
+            raise ValueError(f"{path}:{n}: {str(e).splitlines()[0]}") from None
     if not out:
         raise ValueError(f"{path}: no queries")
     return out

@@ -41,6 +41,7 @@ from typing import Any, Iterable, Literal
 
 from tda.evaluation.lama import Fact, read_facts
 from tda.schemas.config import doc
+from tda.schemas.jsonl import read_jsonl
 
 FORMAT = "tda-fact-bench/1"
 KINDS: tuple[str, ...] = ("wikipedia", "paraphrase", "distractor")
@@ -191,19 +192,7 @@ def fill_template(pattern: str, subject: str, obj: str) -> str:
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    out = []
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise PrepareError(f"{path}:{line_no}: not JSON ({e})") from None
-            if not isinstance(rec, dict):
-                raise PrepareError(f"{path}:{line_no}: expected a JSON object")
-            out.append(rec)
-    return out
+    return [rec for _, rec in read_jsonl(path, PrepareError)]
 
 
 def read_lama_templates(path: Path) -> dict[str, str]:

@@ -1,13 +1,13 @@
 """Benchmark queries (BENCH/queries.jsonl) and whether the model knows each fact."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from tda.engine.batching import collate, query_sequence
+from tda.schemas.jsonl import read_jsonl
 
 
 @dataclass(frozen=True)
@@ -24,21 +24,17 @@ class Query:
 def read_queries(path: str | Path) -> list[Query]:
     """Queries from JSON Lines; a line that is not a usable query is an error naming it."""
     out = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-                out.append(Query(str(rec["id"]), rec["prompt"], rec["target"],
-                                 tuple(rec.get("proponents", ())),
-                                 tuple(rec.get("wikipedia_proponents", ())),
-                                 rec.get("relation", ""),
-                                 {k: v for k, v in rec.items() if k not in (
-                                     "id", "prompt", "target", "proponents",
-                                     "wikipedia_proponents", "relation")}))
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise ValueError(f"{path}:{n}: not a query record ({e})") from None
+    for n, rec in read_jsonl(path):
+        try:
+            out.append(Query(str(rec["id"]), rec["prompt"], rec["target"],
+                             tuple(rec.get("proponents", ())),
+                             tuple(rec.get("wikipedia_proponents", ())),
+                             rec.get("relation", ""),
+                             {k: v for k, v in rec.items() if k not in (
+                                 "id", "prompt", "target", "proponents",
+                                 "wikipedia_proponents", "relation")}))
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"{path}:{n}: not a query record (missing {e})") from None
     if not out:
         raise ValueError(f"{path}: no queries")
     return out

@@ -8,8 +8,6 @@ A profile without ``complete`` is never searched; rerunning the same command fin
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import torch
 from tda.engine import preconditioner as P
 from tda.indexer.store import IndexStore
 from tda.schemas.index import COMPLETE_KEY, PROFILES
+from tda.schemas.jsonl import read_jsonl
 
 MODES = ("none", "train", "mixed")
 
@@ -78,21 +77,13 @@ def _read_blocks(group) -> list[torch.Tensor]:
 def read_queries(path: str | Path) -> list[tuple[str, str]]:
     """(prompt, target) from JSON Lines; an unusable line is an error naming it."""
     out = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ProfileError(f"{path}:{n}: malformed JSON: {e.msg}") from None
-            prompt, target = (rec.get("prompt"), rec.get("target")) if isinstance(rec, dict) \
-                else (None, None)
-            if not isinstance(prompt, str) or not prompt.strip():
-                raise ProfileError(f"{path}:{n}: no prompt")
-            if not isinstance(target, str) or not target.strip():
-                raise ProfileError(f"{path}:{n}: target is empty: a query needs target tokens")
-            out.append((prompt, target))
+    for n, rec in read_jsonl(path, ProfileError):
+        prompt, target = rec.get("prompt"), rec.get("target")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ProfileError(f"{path}:{n}: no prompt")
+        if not isinstance(target, str) or not target.strip():
+            raise ProfileError(f"{path}:{n}: target is empty: a query needs target tokens")
+        out.append((prompt, target))
     if not out:
         raise ProfileError(f"{path}: no queries")
     return out
@@ -140,7 +131,3 @@ def fit(train_phi: torch.Tensor, eval_phi: torch.Tensor | None, slices: list[sli
                 "mu_K_train": float(P.pooled_eigenvalues(train)[components - 1]),
                 "mu_K_eval": float(P.pooled_eigenvalues(evals)[components - 1])}
     return [P.inverse_sqrt(b, damping) for b in blocks], info
-
-
-def settings_fingerprint(settings: dict) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
