@@ -1,5 +1,6 @@
 """Crash points for fault-injection tests: ``TDA_CRASH_AT=NAME`` (or ``NAME:K``, the K-th
-time) makes the process SIGKILL itself when it reaches point NAME. Unset, a point costs one
+time in one process) SIGKILLs the process group (the command and any dask workers it started,
+as when a job is killed) when a process reaches point NAME. Unset, a point costs one
 dictionary lookup. Points: manifest, moments, shard-arrays, shard-marker, bm25,
 profile-transform, profile-shard."""
 from __future__ import annotations
@@ -19,4 +20,4 @@ def crash_point(name: str) -> None:
         return
     _hits[name] = _hits.get(name, 0) + 1
     if _hits[name] >= int(nth or 1):
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.killpg(os.getpgrp(), signal.SIGKILL)

@@ -151,11 +151,16 @@ def _transform_shards(store: IndexStore, name: str, scheduler, workers, log) -> 
     from dask.distributed import Client, LocalCluster
     dask.config.set({"distributed.logging.distributed": "error"})
     cluster = None if scheduler else LocalCluster(
-        n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
+        n_workers=workers, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
         silence_logs=logging.ERROR)
+    from distributed import KilledWorker
     with Client(scheduler or cluster) as client:
         futures = client.map(transform_shard, [store.url] * len(todo), [name] * len(todo), todo,
                              pure=False)
-        client.gather(futures)
+        try:
+            client.gather(futures)
+        except KilledWorker as e:
+            raise ProfileError(f"profile {name!r}: a dask worker died transforming shards "
+                               f"({e}); the finished shards are kept: rerun to resume") from None
     if cluster is not None:
         cluster.close()

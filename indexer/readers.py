@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Iterator
 
@@ -14,6 +15,8 @@ JSONL = (".jsonl", ".json", ".ndjson")
 TEXT = (".txt", ".text")
 PARQUET = (".parquet",)
 Record = Document | BadRecord
+BOM = "\ufeff"                       # a UTF-8 byte order mark opening a file is not text
+_SURROGATE = re.compile("[\ud800-\udfff]")   # JSON \ud800 escapes give unencodable strings
 
 
 class CorpusError(ValueError):
@@ -80,7 +83,14 @@ def _record(source: str, line: int, doc_id, text, options: CorpusOptions) -> Rec
         return BadRecord(source, line, "id is empty or holds a NUL or newline")
     if "\x00" in text:
         return BadRecord(source, line, "text holds a NUL character")
+    for name, value in (("id", doc_id), ("text", text)):
+        if not value.isascii() and _SURROGATE.search(value):
+            return BadRecord(source, line, f"{name} holds a lone surrogate (not valid Unicode)")
     return Document(doc_id, text, source, line)
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())
 
 
 def _read_jsonl(path: Path, options: CorpusOptions) -> Iterator[Record]:
@@ -92,12 +102,20 @@ def _read_jsonl(path: Path, options: CorpusOptions) -> Iterator[Record]:
             except UnicodeDecodeError as e:
                 yield BadRecord(source, line_no, f"not UTF-8 (byte {e.start})")
                 continue
+            if line_no == 1:
+                line = line.removeprefix(BOM)
             if not line.strip():
                 continue
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
                 yield BadRecord(source, line_no, f"malformed JSON: {e.msg} at column {e.colno}")
+                continue
+            except ValueError as e:      # an integer of over 4300 digits
+                yield BadRecord(source, line_no, f"malformed JSON: {_one_line(e)[:200]}")
+                continue
+            except RecursionError:
+                yield BadRecord(source, line_no, "malformed JSON: nested too deeply")
                 continue
             if not isinstance(rec, dict):
                 yield BadRecord(source, line_no, f"a JSON {type(rec).__name__}, not an object")
@@ -110,7 +128,7 @@ def _read_text(path: Path, options: CorpusOptions) -> Iterator[Record]:
     source = str(path)
     if options.text_unit == "file":
         try:
-            text = path.read_bytes().decode("utf-8")
+            text = path.read_bytes().decode("utf-8").removeprefix(BOM)
         except UnicodeDecodeError as e:
             yield BadRecord(source, 1, f"not UTF-8 (byte {e.start})")
             return
@@ -123,6 +141,8 @@ def _read_text(path: Path, options: CorpusOptions) -> Iterator[Record]:
             except UnicodeDecodeError as e:
                 yield BadRecord(source, line_no, f"not UTF-8 (byte {e.start})")
                 continue
+            if line_no == 1:
+                text = text.removeprefix(BOM)
             if text.strip():
                 yield _record(source, line_no, f"{path.name}:{line_no}", text, options)
 
@@ -131,17 +151,25 @@ def _read_parquet(path: Path, options: CorpusOptions) -> Iterator[Record]:
     import pyarrow.parquet as pq
 
     source = str(path)
-    try:
-        pf = pq.ParquetFile(path)
+    try:    # pages written with checksums are verified: corrupt pages fail, not mislead
+        pf = pq.ParquetFile(path, page_checksum_verification=True)
     except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a bad file
-        raise CorpusError(f"{path}: not a readable Parquet file: {e}") from None
+        raise CorpusError(f"{path}: not a readable Parquet file: {_one_line(e)}") from None
     columns = [c for c in (options.id_field, options.text_field) if c]
     missing = [c for c in columns if c not in pf.schema_arrow.names]
     if missing:
         raise CorpusError(f"{path}: no column {missing[0]!r} (columns: {pf.schema_arrow.names})")
     row = 0
-    for batch in pf.iter_batches(columns=columns, batch_size=1024):
-        data = batch.to_pydict()
+    batches = pf.iter_batches(columns=columns, batch_size=1024)
+    while True:
+        try:            # a corrupt page: OSError or ArrowInvalid (a ValueError) from pyarrow
+            batch = next(batches, None)
+            data = batch.to_pydict() if batch is not None else None
+        except (OSError, ValueError) as e:
+            raise CorpusError(f"{path}: unreadable Parquet data after row {row}: "
+                              f"{_one_line(e)}") from None
+        if data is None:
+            break
         for i, text in enumerate(data[options.text_field]):
             row += 1
             doc_id = data[options.id_field][i] if options.id_field else f"{path.name}:{row}"
@@ -152,7 +180,11 @@ def _read_dataset(path: Path, options: CorpusOptions) -> Iterator[Record]:
     import datasets
 
     source = str(path)
-    ds = datasets.load_from_disk(str(path))
+    try:    # a broken state.json or arrow file; an empty dataset (IndexError in datasets)
+        ds = datasets.load_from_disk(str(path))
+    except Exception as e:  # noqa: BLE001 - datasets raises many types for these
+        raise CorpusError(f"{path}: not a readable datasets directory: "
+                          f"{type(e).__name__}: {_one_line(e)}") from None
     if isinstance(ds, datasets.DatasetDict):
         raise CorpusError(f"{path}: a DatasetDict with splits {list(ds)}; pass one split's "
                           f"directory, e.g. {path / next(iter(ds))}")
@@ -160,8 +192,13 @@ def _read_dataset(path: Path, options: CorpusOptions) -> Iterator[Record]:
     missing = [c for c in columns if c not in ds.column_names]
     if missing:
         raise CorpusError(f"{path}: no column {missing[0]!r} (columns: {ds.column_names})")
+    ds = ds.select_columns(columns)
+    try:    # arrow files are memory-mapped unchecked: corrupt offsets would crash the reader
+        ds.data.table.validate(full=True)
+    except (OSError, ValueError) as e:
+        raise CorpusError(f"{path}: corrupt datasets data: {_one_line(e)}") from None
     row = 0
-    for batch in ds.select_columns(columns).iter(batch_size=1024):
+    for batch in ds.iter(batch_size=1024):
         for i, text in enumerate(batch[options.text_field]):
             row += 1
             doc_id = batch[options.id_field][i] if options.id_field else f"{path.name}:{row}"

@@ -2,8 +2,10 @@
 
 Loads the model, the FAISS groups and BM25 once. Sync endpoints run in a thread pool, so
 requests are served concurrently (query encoding and BM25 lookups take turns under locks; dense
-fan-out runs in parallel on the dask workers). With a token, every endpoint but /health needs
-``Authorization: Bearer TOKEN`` (compared in constant time). Limits: body size, k, query length.
+fan-out runs in parallel on the dask workers). With a token, every endpoint but /health (and the
+OpenAPI schema and docs) needs ``Authorization: Bearer TOKEN`` (compared in constant time, and
+checked before a body is read). Limits: body size (counted as received, however it is framed),
+k, query length.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import hmac
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
 
 from tda import __version__
 from tda.schemas.search import Document, HealthResponse, SearchRequest, SearchResponse
@@ -18,9 +21,13 @@ from tda.schemas.server import ServerLimits
 
 
 def create_app(searcher, token: str | None = None, limits: ServerLimits = ServerLimits()):
+    # The body-size middleware answers 413 on any path, so every operation documents it.
     app = FastAPI(title="tda", version=__version__,
-                  description="Training-data attribution: TrackStar and BM25 over one index.")
+                  description="Training-data attribution: TrackStar and BM25 over one index.",
+                  responses={413: {"description": "Body too large"}})
     bearer = HTTPBearer(auto_error=False)
+    public = {"/health", app.openapi_url, app.docs_url, app.redoc_url,
+              app.swagger_ui_oauth2_redirect_url}
 
     def authorized(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
         if token is None:
@@ -31,12 +38,24 @@ def create_app(searcher, token: str | None = None, limits: ServerLimits = Server
                                 headers={"WWW-Authenticate": "Bearer"})
 
     @app.middleware("http")
-    async def limit_body(request: Request, call_next):
+    async def limits_and_token(request: Request, call_next):
         length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > limits.max_body_bytes):
+        if length is not None and (not (length.isascii() and length.isdigit())
+                                   or int(length) > limits.max_body_bytes):
             return JSONResponse({"detail": f"request body over {limits.max_body_bytes} bytes"},
                                 status_code=413)
-        if length is None and request.method in ("POST", "PUT", "PATCH"):
+        # The token is checked here too, before any body is read: FastAPI parses a JSON body
+        # before it runs dependencies, so without this a malformed body got a 422 (or 400),
+        # not a 401, from a client without the token.
+        if token is not None and request.scope["path"] not in public:
+            scheme, given = get_authorization_scheme_param(request.headers.get("authorization"))
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(),
+                                                                     token.encode()):
+                return JSONResponse({"detail": "missing or wrong bearer token"}, status_code=401,
+                                    headers={"WWW-Authenticate": "Bearer"})
+        if request.method in ("POST", "PUT", "PATCH"):
+            # Count the bytes actually received, Content-Length or not: with chunked transfer
+            # encoding the server ignores a (lying) Content-Length and would read it all.
             body = b""
             async for chunk in request.stream():
                 body += chunk
@@ -53,8 +72,7 @@ def create_app(searcher, token: str | None = None, limits: ServerLimits = Server
 
     @app.post("/search", response_model=SearchResponse, dependencies=[Depends(authorized)],
               responses={400: {"description": "The query cannot be answered"},
-                         401: {"description": "Missing or wrong token"},
-                         413: {"description": "Body too large"}})
+                         401: {"description": "Missing or wrong token"}})
     def search(req: SearchRequest) -> SearchResponse:
         if req.k > limits.max_k:
             raise HTTPException(400, f"k={req.k} is over the limit of {limits.max_k}")
@@ -75,7 +93,8 @@ def create_app(searcher, token: str | None = None, limits: ServerLimits = Server
         except KeyError:
             raise HTTPException(404, f"no example {doc_id!r} in this index") from None
 
-    @app.get("/info", dependencies=[Depends(authorized)])
+    @app.get("/info", dependencies=[Depends(authorized)],
+             responses={401: {"description": "Missing or wrong token"}})
     def info() -> dict:
         return searcher.info()
 
