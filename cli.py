@@ -16,6 +16,7 @@ from tda.schemas.corpus import CorpusOptions
 from tda.schemas.index import IndexOptions, PreconditionOptions
 from tda.schemas.server import ServerLimits
 from tda.evaluation.prepare import PrepareOptions
+from tda.evaluation.demo import DemoSettings
 
 
 def config_options(cls):
@@ -326,7 +327,7 @@ def serve_cmd(index, host, port, token, model_dir, scheduler, workers, kind, mem
 @main.command("demo")
 @click.option("--work", type=click.Path(file_okay=False), default=None,
               help="Cache directory (default: $TDA_CACHE or ~/.cache/tda, + /demo).")
-@click.option("--epochs", type=int, default=30, show_default=True,
+@click.option("--epochs", type=int, default=DemoSettings.epochs, show_default=True,
               help="Training epochs of the tiny model (fewer: faster, knows fewer facts).")
 @click.option("--fresh", is_flag=True, help="Ignore cached model and index.")
 def demo_cmd(work, epochs, fresh):
@@ -334,7 +335,7 @@ def demo_cmd(work, epochs, fresh):
     training sentences TrackStar and BM25 credit for three of its predictions."""
     import shutil
 
-    from tda.evaluation.demo import DemoSettings, run_demo
+    from tda.evaluation.demo import run_demo
     root = Path(work) if work else Path(os.environ.get("TDA_CACHE", Path.home() / ".cache" /
                                                        "tda")) / "demo"
     if fresh and root.exists():

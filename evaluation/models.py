@@ -39,7 +39,10 @@ def model_config(arch: str, preset: str, tokenizer, dtype: torch.dtype = torch.f
                    pad_token_id=tokenizer.pad_token_id, dtype=dtype)
     if arch == "gpt2":
         return GPT2Config(vocab_size=len(tokenizer), n_positions=p.positions, n_embd=p.hidden,
-                          n_layer=p.layers, n_head=p.heads, tie_word_embeddings=True, **special)
+                          n_layer=p.layers, n_head=p.heads, tie_word_embeddings=True,
+                          # no dropout: these models memorize facts (as modern LMs, trained
+                          # once over their data, use none); it also keeps train mode exact
+                          resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **special)
     if arch == "llama":
         return LlamaConfig(vocab_size=len(tokenizer), hidden_size=p.hidden,
                            intermediate_size=p.intermediate, num_hidden_layers=p.layers,

@@ -587,8 +587,8 @@ def _stats(values: list[int]) -> dict[str, float]:
 
 DEMO_DIR = Path(__file__).resolve().parent / "demo_data"
 DEMO_OPTIONS = PrepareOptions(
-    relations="P19,P136,P140,P176,P364,P413,P1303,P1412", facts=300, templates="lama",
-    paraphrases=2, distractors="{data}/fewrel/val_wiki.json", distractor_count=300, seed=0)
+    relations="P19,P136,P140,P176,P364,P413,P1303,P1412", facts=160, templates="lama",
+    paraphrases=2, distractors="{data}/fewrel/val_wiki.json", distractor_count=100, seed=0)
 DEMO_COMMAND = "python -m tda.evaluation.prepare ../shared/data"
 
 _NOTICE = """\

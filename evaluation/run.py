@@ -125,11 +125,12 @@ def _variant_index(store, path: Path, config, log) -> str:
     from tda.schemas.index import IndexOptions
     m = store.manifest
     layout = {f.name: m.layout[f.name] for f in fields(IndexOptions) if f.name in m.layout}
-    log(f"ablation index {path.name}: correction={config.correction}, "
-        f"unit_normalize={config.unit_normalize}")
-    build_index(m.model["path"], [f["name"] for f in m.corpus["files"]], str(path), config,
-                IndexOptions(**layout, bm25=False), CorpusOptions(**m.corpus["options"]),
-                progress=False)
+    summary = build_index(m.model["path"], [f["name"] for f in m.corpus["files"]], str(path),
+                          config, IndexOptions(**layout, bm25=False),
+                          CorpusOptions(**m.corpus["options"]), progress=False)
+    if summary.shards_written:      # a rerun finds it complete and says nothing
+        log(f"ablation index {path.name}: correction={config.correction}, "
+            f"unit_normalize={config.unit_normalize}, {summary.shards_written} shards written")
     return str(path)
 
 
