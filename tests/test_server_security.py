@@ -242,11 +242,10 @@ def test_oversize_bodies_get_413(server):
     # lying Content-Length: small, with a chunked body over the limit (chunked framing wins)
     assert raw(port, search_head(b"Transfer-Encoding: chunked\r\nContent-Length: 20\r\n")
                + chunked(big))[0] == 413
-    # lying Content-Length: huge, with a small body: refused at once, no wait for the rest
-    start = time.perf_counter()
+    # lying Content-Length: huge, with a small body: refused from the header (a server that
+    # waited for the declared bytes would send nothing before raw() times out, and fail here)
     assert raw(port, search_head(b"Content-Length: 1000000000\r\n") + b'{"prompt": "a"}',
                timeout=30)[0] == 413
-    assert time.perf_counter() - start < 20
     # lying Content-Length: small, followed by more bytes: only the declared bytes are the
     # body (the rest is a malformed next request): a 4xx, never the whole payload parsed
     status, _ = raw(port, search_head(b"Content-Length: 20\r\n") + big)
