@@ -90,8 +90,8 @@ def run_eval(index: str | Path, queries_path: str | Path, out: str | Path,
         if spec.profile:
             t = time.perf_counter()
             _ensure_profile(indexes[spec.variant], spec.profile, queries_path, workers, log)
-            timings[f"profile {spec.profile} ({spec.variant or 'main'})"] = \
-                round(time.perf_counter() - t, 1)
+            key = f"profile {spec.profile} ({spec.variant or 'main'})"   # shared by methods:
+            timings[key] = round(timings.get(key, 0.0) + time.perf_counter() - t, 1)  # add up
     t = time.perf_counter()
     ranked = _retrieve(indexes, methods, queries, workers, log)
     timings["retrieval"] = round(time.perf_counter() - t, 1)
