@@ -76,3 +76,21 @@ def emit(result: dict, out: str | None) -> None:
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(text + "\n")
+
+
+def wait_healthy(proc, url: str, stderr_tail, timeout_s: float = 300) -> float:
+    """Poll ``url``/health until 200; seconds it took. Raises with ``stderr_tail()`` (the
+    server's last words) if the process exits, or after ``timeout_s``."""
+    import httpx
+    start = time.perf_counter()
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"tda serve exited: {stderr_tail()[-2000:]}")
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return time.perf_counter() - start
+        except httpx.HTTPError:
+            pass
+        if time.perf_counter() - start > timeout_s:
+            raise RuntimeError(f"tda serve did not come up in {timeout_s:.0f} s")
+        time.sleep(0.5)

@@ -36,7 +36,6 @@ timeout; the server listens on 127.0.0.1 only.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import secrets
 import signal
@@ -312,19 +311,7 @@ def main() -> None:
                             text=True)
     import httpx
     try:
-        start = time.perf_counter()
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"tda serve exited: {stderr.read_text()[-2000:]}")
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.perf_counter() - start > 300:
-                raise RuntimeError("tda serve did not come up in 300 s")
-            time.sleep(0.5)
-        result["startup_s"] = round(time.perf_counter() - start, 1)
+        result["startup_s"] = round(common.wait_healthy(proc, url, stderr.read_text), 1)
         rss = {"startup": round(tree_rss_mb(proc.pid), 1)}
         log(f"server up in {result['startup_s']} s; warm-up ({args.warmup_seconds} s)")
         warm = drive(url, token, plan[::-1], examples, args.clients, args.warmup_seconds,

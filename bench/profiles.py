@@ -51,9 +51,9 @@ def main() -> None:
     t = time.perf_counter()
     bench = work / "bench"
     if not (bench / "queries.jsonl").is_file():
-        p19 = prepare(common.DATA / "lama-trex", work / "p19",
+        prepare(common.DATA / "lama-trex", work / "p19",
                       PrepareOptions(relations="P19", facts=args.facts, paraphrases=3))
-        other = prepare(common.DATA / "lama-trex", work / "other",
+        prepare(common.DATA / "lama-trex", work / "other",
                         PrepareOptions(relations="P1412,P176,P140,P364", facts=args.other_facts,
                                        paraphrases=3))
         bench.mkdir(parents=True, exist_ok=True)
@@ -65,7 +65,6 @@ def main() -> None:
                         seen.add(json.loads(line)["id"])
                         out.write(line + "\n")
         (bench / "queries.jsonl").write_text((work / "p19" / "queries.jsonl").read_text())
-        del p19, other
     times["prepare_s"] = round(time.perf_counter() - t, 1)
     corpus = [json.loads(x) for x in (bench / "corpus.jsonl").read_text().splitlines()]
     queries = read_queries(bench / "queries.jsonl")

@@ -424,19 +424,7 @@ def bench_server(args) -> dict:
                              str(port), "--workers", "1"], env=_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        start = time.perf_counter()
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"tda serve exited: {proc.stderr.read()[-2000:]}")
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.perf_counter() - start > 300:
-                raise RuntimeError("tda serve did not come up in 300 s")
-            time.sleep(0.5)
-        startup = time.perf_counter() - start
+        startup = common.wait_healthy(proc, url, proc.stderr.read)
         assert httpx.get(url + "/info", timeout=30).status_code == 200
         load(url, bodies, 2, 10)                                   # warm up
         seq = load(url, bodies, 1, max(20, args.server_requests // 8))

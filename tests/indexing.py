@@ -75,3 +75,17 @@ def assert_same_index(a, b, atol: float = 2e-3) -> None:
     np.testing.assert_allclose(x["vectors"], y["vectors"], atol=atol, rtol=0)
     np.testing.assert_allclose(x["loss"], y["loss"], rtol=1e-4)
     np.testing.assert_allclose(x["norm"], y["norm"], rtol=1e-3)
+
+
+def fact_index(tmp_path_factory, model_dir: Path, facts: int, shard_size: int,
+               projection_dim: int) -> Path:
+    """A TrackStar + BM25 index of ``facts`` real LAMA fact sentences (max_len 128), built by
+    the CLI: the shared fixture of the searcher, server and profile tests."""
+    import helpers
+    texts = [s for _, s in helpers.fact_sentences(facts)]
+    corpus = write_corpus(tmp_path_factory.mktemp("corpus") / "c.jsonl", texts)
+    out = tmp_path_factory.mktemp("index") / "index"
+    tda("index", "--model", str(model_dir), "--corpus", str(corpus), "--out", str(out),
+        "--shard-size", str(shard_size), "--max-len", "128",
+        "--projection-dim", str(projection_dim), "--no-progress")
+    return out

@@ -11,8 +11,7 @@ import pytest
 import scipy.linalg
 import torch
 
-import helpers
-from indexing import env, read_index, tda, write_corpus
+from indexing import fact_index, env, read_index, tda
 from tda.engine import Featurizer, TrackStarConfig, load_model
 from tda.engine.preconditioner import mixing_lambda
 from tda.indexer.profiles import Profile, complete_profiles
@@ -26,12 +25,7 @@ QUERIES = [("Allan Peiper was born in", " Alexandra"), ("Anthony Barber was born
 
 @pytest.fixture(scope="module")
 def index(tmp_path_factory, gpt2_dir):
-    facts = helpers.fact_sentences(120)
-    corpus = write_corpus(tmp_path_factory.mktemp("corpus") / "c.jsonl", [s for _, s in facts])
-    out = tmp_path_factory.mktemp("index") / "index"
-    tda("index", "--model", str(gpt2_dir), "--corpus", str(corpus), "--out", str(out),
-        "--shard-size", "10", "--max-len", "128", "--projection-dim", "3", "--no-progress")
-    return out
+    return fact_index(tmp_path_factory, gpt2_dir, facts=120, shard_size=10, projection_dim=3)
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,7 @@ import time
 import numpy as np
 import pytest
 
-import helpers
-from indexing import env, free_port, read_index, tda, write_corpus
+from indexing import fact_index, env, free_port, read_index, tda
 from tda.engine import Featurizer, TrackStarConfig, load_model
 from tda.indexer.encoder import ModelMismatch
 from tda.searcher.searcher import SearchError, Searcher
@@ -22,12 +21,7 @@ QUERIES = [("Allan Peiper was born in", " Alexandra"),
 
 @pytest.fixture(scope="module")
 def index(tmp_path_factory, gpt2_dir):
-    facts = helpers.fact_sentences(150)
-    corpus = write_corpus(tmp_path_factory.mktemp("corpus") / "c.jsonl", [s for _, s in facts])
-    out = tmp_path_factory.mktemp("index") / "index"
-    tda("index", "--model", str(gpt2_dir), "--corpus", str(corpus), "--out", str(out),
-        "--shard-size", "20", "--max-len", "128", "--projection-dim", "6", "--no-progress")
-    return out
+    return fact_index(tmp_path_factory, gpt2_dir, facts=150, shard_size=20, projection_dim=6)
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,7 @@ import uuid
 import httpx
 import pytest
 
-import helpers
-from indexing import env, free_port, tda, write_corpus
+from indexing import fact_index, env, free_port, tda
 
 TOKEN = "s3cret-Token_42"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -31,12 +30,7 @@ SENT: collections.Counter = collections.Counter()     # (run, operation, status)
 
 @pytest.fixture(scope="module")
 def index(tmp_path_factory, gpt2_dir):
-    facts = helpers.fact_sentences(60)
-    corpus = write_corpus(tmp_path_factory.mktemp("corpus") / "c.jsonl", [s for _, s in facts])
-    out = tmp_path_factory.mktemp("index") / "index"
-    tda("index", "--model", str(gpt2_dir), "--corpus", str(corpus), "--out", str(out),
-        "--shard-size", "20", "--max-len", "128", "--projection-dim", "6", "--no-progress")
-    return out
+    return fact_index(tmp_path_factory, gpt2_dir, facts=60, shard_size=20, projection_dim=6)
 
 
 @pytest.fixture(scope="module")
