@@ -109,6 +109,8 @@ def run_eval(index: str | Path, queries_path: str | Path, out: str | Path,
             target = report["methods"][name] if name in report["methods"] else \
                 report["references"].setdefault(name, {})
             target.update(values)
+        if "trackstar" in patched:
+            report["paired_tail_patch"] = paired_differences(patched, "trackstar")
     (out / "report.json").write_text(json.dumps(report, indent=1))
     (out / "report.md").write_text(render_markdown(report))
     plot_report(report, out)
@@ -216,12 +218,31 @@ def _tail_patch(store, queries, ranked, methods, k, n_queries, seed, log) -> dic
             d_p.append([x[0] for x in deltas])
             d_logp.append([x[1] for x in deltas])
         results[name] = {
+            "tail_patch_per_query_dlogp": {queries[i].id: v for i, v in
+                                           zip(per_query, d_logp)},
             "tail_patch_at_1_dlogp": summarize([v[0] for v in d_logp if v]),
             "tail_patch_at_k_dlogp": summarize([float(np.mean(v)) for v in d_logp if v]),
             "tail_patch_at_1_dp": summarize([v[0] for v in d_p if v]),
             "tail_patch_at_k_dp": summarize([float(np.mean(v)) for v in d_p if v]),
             "tail_patch_k": k, "tail_patch_queries": len(chosen)}
     return results
+
+
+def paired_differences(patched: dict, base: str) -> dict:
+    """Per other list: ``base`` minus it on the same queries, tail-patch@1 and @k (Δlog p),
+    with bootstrap intervals over queries (pairing removes the spread between queries, which
+    dominates the unpaired intervals)."""
+    mine = patched[base]["tail_patch_per_query_dlogp"]
+    out = {}
+    for name, values in patched.items():
+        theirs = values["tail_patch_per_query_dlogp"]
+        both = [q for q in mine if mine[q] and theirs.get(q)]
+        if name == base or not both:
+            continue
+        out[name] = {"at_1": summarize([mine[q][0] - theirs[q][0] for q in both]),
+                     "at_k": summarize([float(np.mean(mine[q]) - np.mean(theirs[q]))
+                                        for q in both])}
+    return out
 
 
 def _documents_text(store) -> dict[str, str]:
@@ -261,8 +282,16 @@ def render_markdown(report: dict) -> str:
             "share of a query's proponents in the top 10; tail-patch is the change in "
             "log p(target | prompt) after one AdamW step on a retrieved example (@1: the top "
             "one; @10: mean over the top 10).\n\n")
+    paired = ""
+    if report.get("paired_tail_patch"):
+        labels = {n: r["label"] for n, r in report["methods"].items()}
+        lines = [f"| {labels.get(n, 'reference: ' + n.replace('_', ' '))} | {_fmt(d['at_1'])} | "
+                 f"{_fmt(d['at_k'])} |" for n, d in report["paired_tail_patch"].items()]
+        paired = ("\n\nTrackStar's tail-patch minus each other list's, on the same queries "
+                  "(paired; > 0: TrackStar's examples move the prediction more):\n\n"
+                  "| list | Δ tail-patch@1 | Δ tail-patch@10 |\n|---|---|---|\n" + "\n".join(lines))
     times = "\n".join(f"- {k}: {v} s" for k, v in report["timings_s"].items())
-    return head + "\n".join(rows) + f"\n\nTimes:\n{times}\n"
+    return head + "\n".join(rows) + paired + f"\n\nTimes:\n{times}\n"
 
 
 def plot_report(report: dict, out: Path) -> None:

@@ -56,6 +56,14 @@ def test_eval_run_end_to_end(bench, model, tmp_path):
             assert 0 <= s["mean"] <= 1
         assert m["tail_patch_at_1_dlogp"]["n"] == 6
     assert set(report["references"]) == {"ground_truth", "random"}
+    paired = report["paired_tail_patch"]
+    assert set(paired) == set(report["methods"]) - {"trackstar"} | {"ground_truth", "random"}
+    for name, d in paired.items():           # paired mean = difference of the means
+        other = report["methods"].get(name) or report["references"][name]
+        assert d["at_k"]["n"] == 6
+        assert d["at_k"]["mean"] == pytest.approx(
+            report["methods"]["trackstar"]["tail_patch_at_k_dlogp"]["mean"]
+            - other["tail_patch_at_k_dlogp"]["mean"], abs=1e-9)
     # BM25 finds sentences that share the query's words: far better than chance here
     assert report["methods"]["bm25"]["mrr_all"]["mean"] > 0.3
     md = (report_dir / "report.md").read_text()
@@ -96,3 +104,16 @@ def test_demo_end_to_end(tmp_path):
     assert again["shown"] == shown["shown"]
     text = console.export_text()
     assert "model cached" in text and "index cached" in text and "profile cached" in text
+
+
+def test_paired_differences_on_known_values():
+    from tda.evaluation.run import paired_differences
+    patched = {"trackstar": {"tail_patch_per_query_dlogp": {"q1": [0.5, 0.1], "q2": [0.2, 0.0],
+                                                            "q3": []}},
+               "bm25": {"tail_patch_per_query_dlogp": {"q1": [0.1, 0.1], "q2": [0.4, 0.2],
+                                                       "q3": [9.0]}}}
+    d = paired_differences(patched, "trackstar")
+    assert set(d) == {"bm25"}
+    assert d["bm25"]["at_1"]["n"] == 2                      # q3: nothing retrieved, left out
+    assert d["bm25"]["at_1"]["mean"] == pytest.approx((0.4 - 0.2) / 2)
+    assert d["bm25"]["at_k"]["mean"] == pytest.approx(((0.3 - 0.1) + (0.1 - 0.3)) / 2)
