@@ -94,3 +94,15 @@ def wait_healthy(proc, url: str, stderr_tail, timeout_s: float = 300) -> float:
         if time.perf_counter() - start > timeout_s:
             raise RuntimeError(f"tda serve did not come up in {timeout_s:.0f} s")
         time.sleep(0.5)
+
+
+def stop_server(proc, grace_s: float = 60) -> None:
+    """SIGTERM, then SIGKILL after ``grace_s`` seconds; waits for the exit either way."""
+    import signal
+    import subprocess
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import tempfile
@@ -341,12 +340,7 @@ def main() -> None:
         health_after = httpx.get(url + "/health", timeout=10).status_code
         per_proc = per_process_mb(proc.pid)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        common.stop_server(proc)
         errf.close()
     server_log = stderr.read_text().splitlines()
     logdir.cleanup()

@@ -56,7 +56,6 @@ import json
 import math
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -430,12 +429,7 @@ def bench_server(args) -> dict:
         seq = load(url, bodies, 1, max(20, args.server_requests // 8))
         conc = load(url, bodies, args.server_clients, args.server_requests)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        common.stop_server(proc)
     return {"index": index.name, "examples": args.server_sentences,
             "dim": IndexStore.open(index).manifest.dim,
             "serve": "tda serve INDEX --workers 1", "startup_s": round(startup, 1),
