@@ -106,3 +106,13 @@ def stop_server(proc, grace_s: float = 60) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def run_threads(threads) -> float:
+    """Start every thread, join them all; wall seconds from the first start to the last join."""
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - start

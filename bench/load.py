@@ -238,13 +238,8 @@ def drive(url: str, token: str, plan: list[dict], examples: dict[str, str], clie
                     if err:
                         errors.append(err)
 
-    threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - start
+    wall = common.run_threads([threading.Thread(target=client, daemon=True)
+                               for _ in range(clients)])
     return {"records": records, "errors": errors, "wall_s": wall}
 
 

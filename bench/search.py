@@ -86,13 +86,8 @@ def measure_bandwidth(gib: float) -> dict:
 
         def work(i):
             sums[i] = float(parts[i].sum())
-        ts = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
-        start = time.perf_counter()
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join()
-        elapsed = time.perf_counter() - start
+        elapsed = common.run_threads([threading.Thread(target=work, args=(i,))
+                                      for i in range(threads)])
         assert sum(sums) == a.size
         return elapsed
 
@@ -392,13 +387,7 @@ def load(url: str, bodies: list[dict], clients: int, total: int) -> dict:
                     if err:
                         errors.append(err)
 
-    ts = [threading.Thread(target=client) for _ in range(clients)]
-    start = time.perf_counter()
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    wall = time.perf_counter() - start
+    wall = common.run_threads([threading.Thread(target=client) for _ in range(clients)])
     ms = np.array(lat) * 1e3
     return {"clients": clients, "requests": total, "errors": len(errors),
             "error_examples": errors[:3], "p50_ms": round(float(np.percentile(ms, 50)), 1),
