@@ -140,7 +140,7 @@ def lama_queries(texts: list[str], n: int) -> tuple[list[tuple[str, str]], list[
 
 def indexed_examples(index: Path) -> dict[str, str]:
     """id -> text of every example in the index (a long document's chunks are DOCID#N)."""
-    from tda.indexer.store import IndexStore
+    from tda.store.index import IndexStore
     store = IndexStore.open(index)
     out = {}
     for shard in sorted(store.complete_shards()):

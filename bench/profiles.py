@@ -36,15 +36,18 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     from tda.engine import TrackStarConfig
-    from tda.evaluation.prepare import PrepareOptions, prepare
-    from tda.evaluation.queries import knows, read_queries
+    from tda.errors import IndexMissing
+    from tda.evaluation.prepare import prepare
+    from tda.evaluation.queries import knows
     from tda.evaluation.train import train_benchmark_model
     from tda.indexer.build import build_index
     from tda.indexer.precondition import build_profile
-    from tda.indexer.profiles import complete_profiles
-    from tda.indexer.store import IndexMissing, IndexStore
-    from tda.schemas.index import IndexOptions, PreconditionOptions
+    from tda.schemas.options import (IndexOptions, PrepareOptions, PreconditionOptions,
+                                     SearchOptions, TrainOptions)
+    from tda.schemas.queries import read_queries
     from tda.searcher.searcher import Searcher
+    from tda.store.index import IndexStore
+    from tda.store.profiles import complete_profiles
 
     work = Path(args.work) / f"p19-{args.facts}-{args.other_facts}-{args.epochs}"
     times = {}
@@ -67,11 +70,11 @@ def main() -> None:
         (bench / "queries.jsonl").write_text((work / "p19" / "queries.jsonl").read_text())
     times["prepare_s"] = round(time.perf_counter() - t, 1)
     corpus = [json.loads(x) for x in (bench / "corpus.jsonl").read_text().splitlines()]
-    queries = read_queries(bench / "queries.jsonl")
+    queries = read_queries(bench / "queries.jsonl", need_target=True, need_id=True)
     model = work / "model"
     t = time.perf_counter()
     if not (model / "training.json").is_file():
-        train_benchmark_model(bench / "corpus.jsonl", model, epochs=args.epochs)
+        train_benchmark_model(bench / "corpus.jsonl", model, TrainOptions(epochs=args.epochs))
     times["train_s"] = round(time.perf_counter() - t, 1)
     index = work / "index"
     t = time.perf_counter()
@@ -83,7 +86,7 @@ def main() -> None:
     for name, mode in (("train", "train"), ("mixed", "mixed")):
         if name not in complete_profiles(IndexStore.open(index)):
             build_profile(index, name, bench / "queries.jsonl" if mode == "mixed" else None,
-                          PreconditionOptions(mode=mode), workers=1, log=lambda m: None)
+                          PreconditionOptions(mode=mode, workers=1))
     times["index_and_profiles_s"] = round(time.perf_counter() - t, 1)
 
     relation_of = {}                     # corpus id -> relations of the facts it states
@@ -98,8 +101,8 @@ def main() -> None:
     result = {"facts": len(queries), "corpus": len(corpus), "k": args.k,
               "fact_accuracy_p19": round(sum(known) / len(known), 3),
               "fact_accuracy_all": training.get("fact_accuracy"), "profiles": {},
-              "lambda": IndexStore.open(index).root["profiles/mixed"].attrs["complete"]["lambda"]}
-    with Searcher(index, workers=1, load_model=True) as searcher:
+              "lambda": IndexStore.open(index).profile("mixed").summary["lambda"]}
+    with Searcher(index, SearchOptions(workers=1), load_model=True) as searcher:
         for profile in (None, "train", "mixed"):
             reqs = [dict(prompt=q.prompt, target=q.target, k=100, mode="trackstar",
                          profile=profile) for q in queries]

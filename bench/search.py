@@ -13,7 +13,7 @@ every timed function once, in turn, so slow spells hit all of them).
 - ``exact``: synthetic indexes of n random unit vectors (d = ``--dim``, Gaussian rows
   normalized) written in the tda index format (Zarr shards of ``--shard-size`` rows, float16,
   through ``IndexStore.create`` / ``write_shard``; cached in .cache/bench), searched with the
-  product's code: ``ShardGroup(kind="exact")`` in this process over all shards
+  product's code: ``ShardGroup(faiss_index="exact")`` in this process over all shards
   (``single_process``) and ``DenseSearch(workers=2)``, the dask fan-out (``fanout``), k = 10.
   Queries are random unit vectors. For m queries in one call (m = 1 and ``--batch``):
   ``latency_ms`` the call's wall time, ``queries_per_s`` = m / time and
@@ -28,9 +28,9 @@ every timed function once, in turn, so slow spells hit all of them).
   ids equal a numpy float32 brute force of the stored vectors for the batch (checked up to 1e5
   rows), ``fanout_equals_single_process`` the fan-out's ids equal the single process's.
   ``target``: the m = 1 ratios at the largest n against the 0.3 target.
-- ``approximate``: ``ShardGroup(kind="hnsw")`` (HNSW32 over SQfp16, efSearch 64) and
-  ``ShardGroup(kind="ivfpq")`` (IVF 4 sqrt(n) lists, PQ d/16 x 8 bits, nprobe 16) against
-  ``kind="exact"`` on the same index, timed interleaved with it: ``speedup`` = exact time /
+- ``approximate``: ``ShardGroup(faiss_index="hnsw")`` (HNSW32 over SQfp16, efSearch 64) and
+  ``ShardGroup(faiss_index="ivfpq")`` (IVF 4 sqrt(n) lists, PQ d/16 x 8 bits, nprobe 16) against
+  ``faiss_index="exact"`` on the same index, timed interleaved with it: ``speedup`` = exact time /
   approximate time for the same m, ``recall_at_10`` = mean over the batch's queries of
   |approximate top 10 and exact top 10| / 10, ``build_s`` the build (train + add) time. On two
   data sets: ``uniform`` (the exact section's random unit vectors, the hardest case for any ANN
@@ -68,8 +68,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 import common  # noqa: E402
 
 from tda import __version__  # noqa: E402
-from tda.indexer.store import IndexStore, ShardRows  # noqa: E402
-from tda.schemas.index import Manifest  # noqa: E402
+from tda.schemas.config import TrackStarConfig  # noqa: E402
+from tda.schemas.corpus import CorpusOptions  # noqa: E402
+from tda.schemas.index import (CorpusRecord, EngineRecord, Layout, Manifest,  # noqa: E402
+                               ModelRecord)
+from tda.store.index import IndexStore, ShardRows  # noqa: E402
 from tda.searcher.dense import ShardGroup, factory_string  # noqa: E402
 
 K = 10
@@ -148,13 +151,14 @@ def synthetic_index(data: Synthetic, n: int, shard_size: int) -> Path:
         shutil.rmtree(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     manifest = Manifest(
-        model={"path": "synthetic", "fingerprint": "synthetic", "architecture": "none",
-               "tokenizer": "none"},
-        featurizer={"dim": data.d, "config": cfg, "tracked": []},
-        corpus={"files": [], "options": {}, "documents": n},
-        layout={"shard_size": shard_size, "storage_dtype": "float16"},
+        model=ModelRecord(path="synthetic", fingerprint="synthetic", architecture="none",
+                          tokenizer="none"),
+        engine=EngineRecord(config=TrackStarConfig(), dim=data.d, tracked=(),
+                            second_moments=None),
+        corpus=CorpusRecord(files=(), options=CorpusOptions(), documents=n),
+        layout=Layout(shard_size=shard_size, storage_dtype="float16"),
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        tool_version=__version__)
+        tool_version=__version__, extra={"synthetic": cfg})
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     store = IndexStore.create(tmp, manifest)
@@ -166,7 +170,7 @@ def synthetic_index(data: Synthetic, n: int, shard_size: int) -> Path:
                                        doc_ids=ids, texts=[""] * rows,
                                        n_tokens=np.zeros(rows, np.int32),
                                        loss=np.zeros(rows, np.float32),
-                                       norm=np.ones(rows, np.float32)), "float16")
+                                       norm=np.ones(rows, np.float32)))
     tmp.rename(path)
     log(f"wrote {path.name} in {time.perf_counter() - start:.0f} s")
     return path
@@ -224,7 +228,7 @@ def bench_exact(n: int, data: Synthetic, args, bw: dict) -> dict:
     shards = all_shards(index)
     q = data.queries(args.batch)
     log(f"exact search over {index.name}")
-    group, load_sp = timed(lambda: ShardGroup(str(index), shards, kind="exact"))
+    group, load_sp = timed(lambda: ShardGroup(str(index), shards, faiss_index="exact"))
     fan, load_fan = timed(lambda: DenseSearch(str(index), workers=2))
     try:
         fns = {}
@@ -289,13 +293,13 @@ def bench_approximate(sizes: list[int], datasets: dict[str, Synthetic], args,
             shards = all_shards(index)
             q = data.queries(args.batch)
             entry["index"] = index.name
-            exact, exact_load = timed(lambda: ShardGroup(str(index), shards, kind="exact"))
+            exact, exact_load = timed(lambda: ShardGroup(str(index), shards, faiss_index="exact"))
             entry["exact_load_s"] = round(exact_load, 2)
             truth = ids_of(exact.search(q, K))
             groups = {}
             for kind in kinds:
                 log(f"building {kind} over {index.name}")
-                g, build = timed(lambda: ShardGroup(str(index), shards, kind=kind))
+                g, build = timed(lambda: ShardGroup(str(index), shards, faiss_index=kind))
                 prev[kind] = (n, build)
                 groups[kind] = g
                 entry[kind] = {"factory": factory_string(kind, data.d, n, "float16"),

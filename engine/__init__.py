@@ -1,6 +1,6 @@
 """The TrackStar math on tensors: models, second moments, hooks, projection, featurization.
 Knows no file formats beyond loading a model and its optimizer state."""
-from tda.engine.batching import Sequence, TokenBatch, collate
+from tda.engine.batching import TokenSequence, TokenBatch, collate
 from tda.engine.featurizer import Features, Featurizer, estimate_from_texts, factored_scales
 from tda.engine.model import TrackedWeight, load_model, model_fingerprint, tracked_weights
 from tda.engine.projection import projection_matrix
@@ -9,6 +9,6 @@ from tda.schemas.config import TrackStarConfig
 
 __all__ = [
     "TrackStarConfig", "Featurizer", "Features", "estimate_from_texts", "factored_scales",
-    "Sequence", "TokenBatch", "collate", "TrackedWeight", "load_model", "model_fingerprint",
+    "TokenSequence", "TokenBatch", "collate", "TrackedWeight", "load_model", "model_fingerprint",
     "tracked_weights", "projection_matrix", "Moment", "SecondMoments", "load_second_moments",
 ]

@@ -5,11 +5,22 @@ from dataclasses import dataclass
 
 import torch
 
+from tda.errors import CorpusError, QueryError
+
 IGNORE = -100
 
 
+def pad_id(tokenizer) -> int:
+    """The id that pads a batch: the tokenizer's pad token, else its end-of-sequence token,
+    else 0. Padding is masked out of attention and loss, so the choice never changes a result;
+    a real token id keeps the embedding lookup in range."""
+    if tokenizer.pad_token_id is not None:
+        return tokenizer.pad_token_id
+    return tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+
+
 @dataclass(frozen=True)
-class Sequence:
+class TokenSequence:
     """One example or query as token ids, with ``n_context`` leading tokens that carry no loss.
 
     Training example: n_context = 1 (every token but the first is predicted).
@@ -47,35 +58,36 @@ class TokenBatch:
         return self.attention_mask.sum(1)
 
 
-def example_sequence(tokenizer, text: str, max_len: int) -> tuple[Sequence, bool]:
+def example_sequence(tokenizer, text: str, max_len: int) -> tuple[TokenSequence, bool]:
     """Tokenize a training text; returns (sequence, truncated). Longer texts keep the first
-    ``max_len`` tokens. Raises ValueError when fewer than 2 tokens remain (nothing to predict)."""
+    ``max_len`` tokens. Raises CorpusError when fewer than 2 tokens remain (nothing to
+    predict)."""
     ids = tokenizer(text, add_special_tokens=True)["input_ids"]
     truncated = len(ids) > max_len
     ids = ids[:max_len]
     if len(ids) < 2:
-        raise ValueError("text is empty or has a single token: nothing to predict")
-    return Sequence(tuple(ids), 1), truncated
+        raise CorpusError("text is empty or has a single token: nothing to predict")
+    return TokenSequence(tuple(ids), 1), truncated
 
 
-def query_sequence(tokenizer, prompt: str, target: str, max_len: int) -> Sequence:
+def query_sequence(tokenizer, prompt: str, target: str, max_len: int) -> TokenSequence:
     """Tokenize prompt and target separately (so the target's tokens are its own) and join them.
-    Raises ValueError for an empty target or when the whole query exceeds ``max_len``."""
+    Raises QueryError for an empty target or when the whole query exceeds ``max_len``."""
     if not target or not target.strip():
-        raise ValueError("target is empty: a query needs target tokens to score")
+        raise QueryError("target is empty: a query needs target tokens to score")
     prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
     target_ids = tokenizer(target, add_special_tokens=False)["input_ids"]
     if not prompt_ids:
-        raise ValueError("prompt is empty: the first target token needs context")
+        raise QueryError("prompt is empty: the first target token needs context")
     n = len(prompt_ids) + len(target_ids)
     if n > max_len:
-        raise ValueError(f"query is {n} tokens, longer than max_len={max_len}")
-    return Sequence(tuple(prompt_ids) + tuple(target_ids), len(prompt_ids))
+        raise QueryError(f"query is {n} tokens, longer than max_len={max_len}")
+    return TokenSequence(tuple(prompt_ids) + tuple(target_ids), len(prompt_ids))
 
 
-def collate(seqs: list[Sequence], pad_id: int, pad_side: str = "right") -> TokenBatch:
-    """Pad sequences to one length. Position ids count real tokens only, so left and right
-    padding give the same model inputs."""
+def collate(seqs: list[TokenSequence], pad_id: int, pad_side: str = "right") -> TokenBatch:
+    """Pad sequences to one length (``pad_id``: see ``pad_id(tokenizer)``). Position ids count
+    real tokens only, so left and right padding give the same model inputs."""
     if pad_side not in ("left", "right"):
         raise ValueError(f"pad_side must be 'left' or 'right', got {pad_side!r}")
     width = max(len(s.ids) for s in seqs)

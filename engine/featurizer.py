@@ -5,20 +5,22 @@ import contextlib
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence as Seq
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from tda.engine.batching import (Sequence, TokenBatch, collate, example_sequence,
+from tda.engine.batching import (TokenBatch, TokenSequence, collate, example_sequence, pad_id,
                                  per_example_loss, query_sequence)
 from tda.engine.collector import GradientCollector, WeightProjector
 from tda.engine.model import TrackedWeight, tracked_weights
 from tda.engine.projection import projection_matrix
 from tda.engine.second_moments import (Moment, SecondMoments, estimate_second_moments,
                                        load_second_moments)
+from tda.errors import ConfigError, CorpusError, OptimizerStateError, QueryError
 from tda.schemas.config import TrackStarConfig
+from tda.schemas.index import EngineRecord, SecondMomentSource, TrackedWeightRecord
 
 
 @dataclass
@@ -53,8 +55,8 @@ class Featurizer:
         self.config = config = config or TrackStarConfig()
         positions = _max_positions(model)
         if positions is not None and config.max_len > positions:
-            raise ValueError(f"max_len={config.max_len} exceeds the model's "
-                             f"{positions} positions")
+            raise ConfigError(f"max_len={config.max_len} exceeds the model's "
+                              f"{positions} positions")
         self.weights: list[TrackedWeight] = tracked_weights(model, config)
         first = next(model.parameters())
         self.device = first.device
@@ -63,29 +65,32 @@ class Featurizer:
         self.projectors = [self._projector(w) for w in self.weights]
         self.layout: list[tuple[str, int]] = [(p.weight.name, p.dim) for p in self.projectors]
         self.dim = sum(p.dim for p in self.projectors)
-        pad = tokenizer.pad_token_id
-        self.pad_id = pad if pad is not None else (tokenizer.eos_token_id or 0)
+        self.pad_id = pad_id(tokenizer)
 
     # ----------------------------------------------------------------- public API
-    def encode_examples(self, texts: Seq[str]) -> np.ndarray:
+    def encode_examples(self, texts: Sequence[str]) -> np.ndarray:
         """Training texts -> float32 [n, d]. Texts over ``max_len`` tokens keep their first
-        ``max_len`` tokens (a warning says how many); empty texts raise ValueError."""
+        ``max_len`` tokens (a warning says how many); empty texts raise CorpusError."""
         return self.featurize_examples(texts).vectors.numpy()
 
-    def encode_queries(self, queries: Seq[tuple[str, str]]) -> np.ndarray:
+    def encode_queries(self, queries: Sequence[tuple[str, str]]) -> np.ndarray:
         """(prompt, target) pairs -> float32 [m, d]; the loss is over the target tokens only."""
         return self.featurize(self.query_sequences(queries)).vectors.numpy()
 
-    def featurize_examples(self, texts: Seq[str]) -> Features:
+    def featurize_examples(self, texts: Sequence[str]) -> Features:
+        """Training texts -> Features (vectors [n, d], norm, loss, n_tokens)."""
         return self.featurize(self.example_sequences(texts))
 
-    def example_sequences(self, texts: Iterable[str]) -> list[Sequence]:
+    def example_sequences(self, texts: Iterable[str]) -> list[TokenSequence]:
+        """Training texts -> token sequences whose every token but the first carries loss
+        (``n_context`` = 1), cut to ``max_len`` tokens (a UserWarning says how many were
+        cut). CorpusError names the first text with fewer than 2 tokens."""
         seqs, n_cut = [], 0
         for i, text in enumerate(texts):
             try:
                 seq, cut = example_sequence(self.tokenizer, text, self.config.max_len)
-            except ValueError as e:
-                raise ValueError(f"example {i}: {e}") from None
+            except CorpusError as e:
+                raise CorpusError(f"example {i}: {e}") from None
             seqs.append(seq)
             n_cut += cut
         if n_cut:
@@ -93,17 +98,22 @@ class Featurizer:
                           f"{self.config.max_len} tokens and were cut", stacklevel=3)
         return seqs
 
-    def query_sequences(self, queries: Iterable[tuple[str, str]]) -> list[Sequence]:
+    def query_sequences(self, queries: Iterable[tuple[str, str]]) -> list[TokenSequence]:
+        """(prompt, target) pairs -> token sequences: prompt and target tokenized separately
+        (the target without special tokens) and joined; only the target tokens carry loss
+        (``n_context`` = the prompt's length). QueryError names the first query with an empty
+        prompt or target, or over ``max_len`` tokens in all."""
         seqs = []
         for i, (prompt, target) in enumerate(queries):
             try:
                 seqs.append(query_sequence(self.tokenizer, prompt, target, self.config.max_len))
-            except ValueError as e:
-                raise ValueError(f"query {i} ({prompt!r} -> {target!r}): {e}") from None
+            except QueryError as e:
+                raise QueryError(f"query {i} ({prompt!r} -> {target!r}): {e}") from None
         return seqs
 
-    def featurize(self, seqs: Seq[Sequence], pad_side: str = "right") -> Features:
-        """Sequences -> Features, ``config.batch_size`` at a time, in order."""
+    def featurize(self, seqs: Sequence[TokenSequence], pad_side: str = "right") -> Features:
+        """Sequences -> Features (vectors [n, d] float32, norm, loss, n_tokens), in order,
+        ``config.batch_size`` sequences per forward/backward pass."""
         if not seqs:
             return Features(torch.zeros((0, self.dim)), torch.zeros(0), torch.zeros(0),
                             torch.zeros(0, dtype=torch.long))
@@ -113,8 +123,42 @@ class Featurizer:
                                 for i in range(0, len(seqs), bs)])
 
     def featurize_batch(self, batch: TokenBatch) -> Features:
-        """One forward and one backward (through activations only) for a padded batch."""
+        """One forward and one backward (through activations only) for a padded batch
+        [batch, tokens]: Features with float32 vectors [batch, d]."""
         batch = batch.to(self.device)
+        phi, loss = self._phi_and_loss(batch)
+        phi = phi.float()
+        norm = phi.norm(dim=1)
+        vectors = phi / norm.clamp_min(1e-30).unsqueeze(1) if self.config.unit_normalize else phi
+        return Features(vectors.cpu(), norm.cpu(), loss.detach().float().cpu(),
+                        batch.n_tokens.cpu())
+
+    def projected_gradients(self, seqs: Sequence[TokenSequence],
+                            pad_side: str = "right") -> torch.Tensor:
+        """phi, the projected (and corrected) per-example loss gradients before any
+        normalization: [n, d] in the compute dtype (float64 for a float64 model, else
+        float32), one batch of all ``seqs``. The float64 path the math tests check against
+        brute force; ``featurize`` is this, cast to float32 and normalized, in batches."""
+        batch = collate(list(seqs), self.pad_id, pad_side).to(self.device)
+        return self._phi_and_loss(batch)[0]
+
+    def record(self) -> EngineRecord:
+        """What an index must record to reproduce these vectors (the manifest's engine)."""
+        moments = self.second_moments
+        return EngineRecord(
+            config=self.config, dim=self.dim,
+            tracked=tuple(TrackedWeightRecord(
+                name=p.weight.name, param=p.weight.param_name,
+                shape_out_in=(p.weight.out_features, p.weight.in_features), k=p.k,
+                blocks=p.blocks, dim=p.dim) for p in self.projectors),
+            second_moments=None if moments is None
+            else SecondMomentSource(source=moments.source, optimizer=moments.optimizer))
+
+    # ----------------------------------------------------------------- internals
+    def _phi_and_loss(self, batch: TokenBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(phi [batch, d] in the compute dtype, loss [batch] in nats) for a batch on the
+        model's device: one forward, one backward through the activations only, with every
+        weight frozen (no ``.grad`` is ever written)."""
         with self._frozen_weights(), GradientCollector(
                 self.projectors, self.model.get_input_embeddings()) as collector, \
                 torch.enable_grad():
@@ -124,29 +168,13 @@ class Featurizer:
                                 position_ids=batch.position_ids, use_cache=False).logits
             loss = per_example_loss(logits, batch.labels)
             collector.backward(loss.sum())
-            phi = collector.features(batch.input_ids.shape[0]).float()
-        norm = phi.norm(dim=1)
-        vectors = phi / norm.clamp_min(1e-30).unsqueeze(1) if self.config.unit_normalize else phi
-        return Features(vectors.cpu(), norm.cpu(), loss.detach().float().cpu(),
-                        batch.n_tokens.cpu())
+            return collector.features(batch.input_ids.shape[0]), loss.detach()
 
-    def manifest(self) -> dict:
-        """What an index must record to reproduce these vectors."""
-        return {"config": self.config.to_dict(), "dim": self.dim,
-                "tracked": [{"name": p.weight.name, "param": p.weight.param_name,
-                             "shape_out_in": [p.weight.out_features, p.weight.in_features],
-                             "k": p.k, "blocks": p.blocks, "dim": p.dim}
-                            for p in self.projectors],
-                "second_moments": None if self.second_moments is None
-                else {"source": self.second_moments.source,
-                      "optimizer": self.second_moments.optimizer}}
-
-    # ----------------------------------------------------------------- internals
     def _second_moments(self, state) -> SecondMoments | None:
         if self.config.correction == "none":
             return None
         if state is None:
-            raise ValueError(
+            raise OptimizerStateError(
                 f"correction={self.config.correction!r} needs the optimizer's second moments: "
                 "pass optimizer_state=<path to optimizer.pt or model dir>, a SecondMoments "
                 "(tda.engine.estimate_from_texts), or use correction='none'")
@@ -203,7 +231,7 @@ def factored_scales(moment: Moment, stored_transposed: bool,
     return (out_f / root + epsilon).rsqrt(), (in_f / root + epsilon).rsqrt()
 
 
-def estimate_from_texts(model: nn.Module, tokenizer, texts: Seq[str],
+def estimate_from_texts(model: nn.Module, tokenizer, texts: Sequence[str],
                         config: TrackStarConfig | None = None) -> SecondMoments:
     """Second moments when no optimizer state exists: the mean squared per-example gradient of
     the tracked parameters over ``texts`` (a sample of the corpus)."""
@@ -213,7 +241,7 @@ def estimate_from_texts(model: nn.Module, tokenizer, texts: Seq[str],
     seqs = [example_sequence(tokenizer, t, config.max_len)[0] for t in texts]
 
     def loss_fn(m, ids):
-        batch = collate([Sequence(ids, 1)], 0).to(device)
+        batch = collate([TokenSequence(ids, 1)], pad_id(tokenizer)).to(device)
         logits = m(input_ids=batch.input_ids, position_ids=batch.position_ids,
                    use_cache=False).logits
         return per_example_loss(logits, batch.labels).sum()

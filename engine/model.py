@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from tda.errors import ConfigError, ModelMismatch, ModelMissing
 from tda.schemas.config import TrackStarConfig
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16,
@@ -18,7 +19,8 @@ TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16,
 def load_model(path: str | Path, dtype: str = "float32", device: str | torch.device = "cpu"):
     """Load a Hugging Face causal LM and its tokenizer from a local directory.
 
-    Returns ``(model, tokenizer)``, the model in eval mode on ``device``.
+    Returns ``(model, tokenizer)``, the model in eval mode on ``device``. ModelMissing when
+    ``path`` is not a model directory.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -26,7 +28,7 @@ def load_model(path: str | Path, dtype: str = "float32", device: str | torch.dev
     hf_logging.disable_progress_bar()
     path = Path(path)
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path}: not a model directory (no config.json)")
+        raise ModelMissing(f"{path}: not a model directory (no config.json)")
     model = AutoModelForCausalLM.from_pretrained(path, dtype=TORCH_DTYPES[dtype])
     tokenizer = AutoTokenizer.from_pretrained(path)
     return model.to(device).eval(), tokenizer
@@ -40,13 +42,27 @@ def model_fingerprint(path: str | Path) -> str:
         p.name == "config.json" or p.suffix in (".safetensors", ".bin")
         or p.name.startswith(("tokenizer", "vocab", "merges", "special_tokens"))))
     if not files:
-        raise FileNotFoundError(f"{path}: no config.json or weight files")
+        raise ModelMissing(f"{path}: no config.json or weight files")
     for p in files:
         h.update(p.name.encode())
         with p.open("rb") as f:
             for block in iter(lambda: f.read(1 << 22), b""):
                 h.update(block)
     return h.hexdigest()[:16]
+
+
+def check_model(path: str | Path, fingerprint: str, context: str) -> None:
+    """Raise ModelMismatch unless the model directory ``path`` has ``fingerprint`` (the one an
+    index recorded; ``context`` says which, e.g. "INDEX: built from PATH"), ModelMissing when
+    ``path`` is not a model directory."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ModelMissing(f"{path}: no model directory there; pass --model DIR (a copy of the "
+                           f"same model)")
+    fp = model_fingerprint(path)
+    if fp != fingerprint:
+        raise ModelMismatch(f"{path}: model fingerprint {fp} does not match the index's "
+                            f"{fingerprint} ({context})")
 
 
 @dataclass(frozen=True)
@@ -104,6 +120,6 @@ def tracked_weights(model: nn.Module, config: TrackStarConfig) -> list[TrackedWe
         found.append(TrackedWeight(name, module, canonical[id(weight)], out_f, in_f,
                                    transposed, emb))
     if not found:
-        raise ValueError(f"no weights tracked: no nn.Linear/Conv1D module name matches "
+        raise ConfigError(f"no weights tracked: no nn.Linear/Conv1D module name matches "
                          f"include={config.include!r} exclude={config.exclude!r}")
     return found

@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import torch
 
+from tda.errors import ProfileError
+
+MODES = ("none", "train", "mixed")
+
 
 def block_slices(dims: list[int]) -> list[slice]:
     """Column ranges of consecutive blocks of the given widths."""
@@ -24,7 +28,7 @@ def block_slices(dims: list[int]) -> list[slice]:
 def second_moment_blocks(phi: torch.Tensor, slices: list[slice]) -> list[torch.Tensor]:
     """E[phi_b phi_b^T] per block: phi [n, d] -> [d_b, d_b] each, float64."""
     if phi.shape[0] == 0:
-        raise ValueError("no vectors to estimate a second moment from")
+        raise ProfileError("no vectors to estimate a second moment from")
     phi = phi.double()
     return [phi[:, s].T @ phi[:, s] / phi.shape[0] for s in slices]
 
@@ -38,17 +42,17 @@ def pooled_eigenvalues(blocks: list[torch.Tensor]) -> torch.Tensor:
 def mixing_lambda(train_blocks: list[torch.Tensor], eval_blocks: list[torch.Tensor],
                   k: int) -> float:
     """lam such that the k-th largest pooled eigenvalues of lam R_eval and (1 - lam) R_train
-    cross. Raises ValueError when k exceeds d or R_eval has fewer than k nonzero eigenvalues."""
+    cross. Raises ProfileError when k exceeds d or R_eval has fewer than k nonzero eigenvalues."""
     train, evals = pooled_eigenvalues(train_blocks), pooled_eigenvalues(eval_blocks)
     if not 1 <= k <= len(train):
-        raise ValueError(f"components K={k} must be between 1 and d={len(train)}")
+        raise ProfileError(f"components K={k} must be between 1 and d={len(train)}")
     mu_train, mu_eval = float(train[k - 1]), float(evals[k - 1])
     if mu_eval <= 0:
         rank = int((evals > 0).sum())
-        raise ValueError(f"R_eval has only {rank} nonzero eigenvalues (too few queries for "
+        raise ProfileError(f"R_eval has only {rank} nonzero eigenvalues (too few queries for "
                          f"K={k}); use more queries or a smaller --components")
     if mu_train <= 0:
-        raise ValueError(f"R_train's {k}-th eigenvalue is zero; use a smaller --components")
+        raise ProfileError(f"R_train's {k}-th eigenvalue is zero; use a smaller --components")
     return mu_train / (mu_train + mu_eval)
 
 
@@ -58,7 +62,8 @@ def inverse_sqrt(block: torch.Tensor, damping: float) -> torch.Tensor:
     mu = mu.clamp_min(0)
     shift = damping * float(mu.mean())
     if shift <= 0:
-        raise ValueError("damping must be > 0 and the block nonzero for an inverse square root")
+        raise ProfileError("damping must be > 0 and the block nonzero for an inverse square "
+                           "root")
     return (u * (mu + shift).rsqrt()) @ u.T
 
 
@@ -72,4 +77,41 @@ def apply_blocks(transforms: list[torch.Tensor], slices: list[slice],
 
 
 def normalize_rows(x: torch.Tensor) -> torch.Tensor:
+    """Rows of x [n, d] scaled to unit L2 norm (zero rows stay zero)."""
     return x / x.norm(dim=1, keepdim=True).clamp_min(1e-30)
+
+
+def transform(transforms: list[torch.Tensor], slices: list[slice],
+              x: torch.Tensor) -> torch.Tensor:
+    """Search-time vectors of a profile: R^-1/2 x / ||R^-1/2 x|| for rows x [n, d]."""
+    return normalize_rows(apply_blocks(transforms, slices, x))
+
+
+def fit_blocks(train_phi: torch.Tensor, eval_phi: torch.Tensor | None, slices: list[slice],
+               mode: str, components: int, damping: float) -> tuple[list[torch.Tensor], dict]:
+    """The transform blocks R^-1/2 ([d_b, d_b] float64 per block) and what was chosen
+    (lambda, and for 'mixed' the K-th pooled eigenvalues of R_train and R_eval).
+
+    ``train_phi`` [n, d] training vectors, ``eval_phi`` [m, d] query vectors (for 'mixed'),
+    both un-normalized phi; ``mode``: 'none' (identity), 'train' (R_train) or 'mixed'."""
+    d = slices[-1].stop
+    if mode not in MODES:
+        raise ProfileError(f"mode must be one of {MODES}, got {mode!r}")
+    if not 1 <= components <= d:
+        raise ProfileError(f"components K={components} must be between 1 and d={d}")
+    if mode == "none":
+        return [torch.eye(s.stop - s.start, dtype=torch.float64) for s in slices], \
+            {"lambda": None}
+    train = second_moment_blocks(train_phi, slices)
+    info: dict = {"lambda": 0.0}
+    blocks = train
+    if mode == "mixed":
+        if eval_phi is None:
+            raise ProfileError("mode 'mixed' needs query vectors (R_eval)")
+        evals = second_moment_blocks(eval_phi, slices)
+        lam = mixing_lambda(train, evals, components)
+        blocks = [lam * e + (1 - lam) * t for e, t in zip(evals, train)]
+        info = {"lambda": lam,
+                "mu_K_train": float(pooled_eigenvalues(train)[components - 1]),
+                "mu_K_eval": float(pooled_eigenvalues(evals)[components - 1])}
+    return [inverse_sqrt(b, damping) for b in blocks], info

@@ -14,9 +14,11 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from tda.engine.optimizer_state import (find_state_file, is_state_dict, param_names,
+                                        read_state)
+from tda.errors import OptimizerStateError
+
 OWN_FORMAT = "tda.second_moments/1"
-OWN_FILE = "tda_second_moments.pt"
-TRAINER_FILE = "optimizer.pt"
 
 
 @dataclass
@@ -68,8 +70,8 @@ class SecondMoments:
         try:
             return self.moments[param_name]
         except KeyError:
-            raise KeyError(f"optimizer state has no second moment for parameter "
-                           f"{param_name!r} ({self.source})") from None
+            raise OptimizerStateError(f"optimizer state has no second moment for parameter "
+                                      f"{param_name!r} ({self.source})") from None
 
     def factored(self) -> "SecondMoments":
         """A copy holding only row/column means."""
@@ -77,18 +79,19 @@ class SecondMoments:
                              self.optimizer, dict(self.extra))
 
     def check_against(self, model: nn.Module, param_names: Iterable[str]) -> None:
-        """Raise ValueError naming the first parameter that is missing or has the wrong shape."""
+        """Raise OptimizerStateError naming the first parameter that is missing or has the
+        wrong shape."""
         params = dict(model.named_parameters())
         for name in param_names:
             if name not in self.moments:
-                raise ValueError(f"optimizer state {self.source} does not match the model: "
-                                 f"no second moment for parameter {name!r}")
+                raise OptimizerStateError(f"optimizer state {self.source} does not match the "
+                                          f"model: no second moment for parameter {name!r}")
             want = tuple(params[name].shape)
             got = self.moments[name].shape
             if got != want:
-                raise ValueError(f"optimizer state {self.source} does not match the model: "
-                                 f"parameter {name!r} has shape {list(want)}, "
-                                 f"its second moment {list(got)}")
+                raise OptimizerStateError(f"optimizer state {self.source} does not match the "
+                                          f"model: parameter {name!r} has shape {list(want)}, "
+                                          f"its second moment {list(got)}")
 
     def save(self, path: str | Path) -> None:
         """Write the name-keyed tda format (``tda_second_moments.pt``)."""
@@ -96,17 +99,6 @@ class SecondMoments:
                  for n, m in self.moments.items()}
         torch.save({"format": OWN_FORMAT, "optimizer": self.optimizer, "source": self.source,
                     "extra": self.extra, "moments": state}, Path(path))
-
-
-def _resolve_file(path: Path) -> Path:
-    if path.is_dir():
-        for name in (OWN_FILE, TRAINER_FILE):
-            if (path / name).is_file():
-                return path / name
-        raise FileNotFoundError(f"{path}: no optimizer state ({OWN_FILE} or {TRAINER_FILE})")
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: optimizer state file not found")
-    return path
 
 
 def load_second_moments(path: str | Path, model: nn.Module,
@@ -125,17 +117,17 @@ def load_second_moments(path: str | Path, model: nn.Module,
       else through the model's parameter order (one group) or the HF Trainer's
       decay/no-decay grouping (two groups).
     """
-    file = _resolve_file(Path(path))
-    blob = _torch_load(file)
+    file = find_state_file(path)
+    blob = read_state(file)
     if isinstance(blob, dict) and blob.get("format") == OWN_FORMAT:
         moments = {n: _reduce(Moment(**{k: t.double() for k, t in m.items()}), factors_only)
                    for n, m in blob["moments"].items()}
         return SecondMoments(moments, source=blob.get("source") or str(file),
                              optimizer=blob["optimizer"], extra=blob.get("extra", {}))
-    if not (isinstance(blob, dict) and "state" in blob and "param_groups" in blob):
-        raise ValueError(f"{file}: not an optimizer state_dict (no 'state'/'param_groups') "
-                         f"and not the {OWN_FORMAT} format")
-    names = _param_names(blob, model, file)
+    if not is_state_dict(blob):
+        raise OptimizerStateError(f"{file}: not an optimizer state_dict (no 'state'/"
+                                  f"'param_groups') and not the {OWN_FORMAT} format")
+    names = param_names(blob, model, file)
     moments: dict[str, Moment] = {}
     kinds = set()
     for pid, name in names.items():
@@ -156,83 +148,13 @@ def load_second_moments(path: str | Path, model: nn.Module,
             moments[name] = Moment(row=st["exp_avg_sq_row"].double(),
                                    col=st["exp_avg_sq_col"].double())
     if not moments:
-        raise ValueError(f"{file}: optimizer state holds no 2-D second moments "
-                         f"(exp_avg_sq or exp_avg_sq_row/col)")
+        raise OptimizerStateError(f"{file}: optimizer state holds no 2-D second moments "
+                                  f"(exp_avg_sq or exp_avg_sq_row/col)")
     return SecondMoments(moments, source=str(file), optimizer="+".join(sorted(kinds)))
-
-
-def _torch_load(file: Path):
-    """torch.load, memory-mapped when the file is a zip archive (any torch >= 1.6 save)."""
-    import zipfile
-    try:
-        return torch.load(file, map_location="cpu", weights_only=True,
-                          mmap=zipfile.is_zipfile(file))
-    except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file
-        raise ValueError(f"{file}: cannot read optimizer state: {e}") from e
 
 
 def _reduce(moment: Moment, factors_only: bool) -> Moment:
     return moment.factored() if factors_only else moment
-
-
-def _param_names(blob: dict, model: nn.Module, file: Path) -> dict:
-    """Map the state's parameter ids to canonical parameter names, checking shapes."""
-    groups = blob["param_groups"]
-    if all("param_names" in g for g in groups):
-        return {pid: name for g in groups for pid, name in zip(g["params"], g["param_names"])}
-    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    ids = [pid for g in groups for pid in g["params"]]
-    candidates = []
-    if len(groups) == 1:
-        candidates.append(("model parameter order", [n for n, _ in params]))
-    if len(groups) == 2:
-        for rule, decay in _trainer_decay_rules(model):
-            if len(groups[0]["params"]) == sum(n in decay for n, _ in params):
-                candidates.append((f"HF Trainer decay/no-decay groups ({rule})",
-                                   [n for n, _ in params if n in decay] +
-                                   [n for n, _ in params if n not in decay]))
-    shapes = {n: tuple(p.shape) for n, p in params}
-    problems = []
-    for how, order in candidates:
-        if len(order) != len(ids):
-            problems.append(f"{how}: the model has {len(order)} trainable parameters, "
-                            f"the state {len(ids)}")
-            continue
-        mapping = dict(zip(ids, order))
-        bad = next(((n, s) for pid, n in mapping.items()
-                    for s in [_state_shape(blob["state"].get(pid))]
-                    if s is not None and s != shapes[n]), None)
-        if bad is None:
-            return mapping
-        problems.append(f"{how}: parameter {bad[0]!r} has shape {list(shapes[bad[0]])}, "
-                        f"the state's entry {list(bad[1])}")
-    detail = "; ".join(problems) or f"{len(groups)} parameter groups and no 'param_names'"
-    raise ValueError(f"{file}: optimizer state does not match the model ({detail})")
-
-
-def _state_shape(st: dict | None) -> tuple | None:
-    if not st:
-        return None
-    if "exp_avg_sq" in st:
-        return tuple(st["exp_avg_sq"].shape)
-    if "exp_avg_sq_row" in st:
-        return tuple(st["exp_avg_sq_row"].shape) + tuple(st["exp_avg_sq_col"].shape[-1:])
-    return None
-
-
-def _trainer_decay_rules(model: nn.Module) -> list[tuple[str, set[str]]]:
-    """Candidate sets of the parameter names the HF Trainer put in its weight-decay group
-    (the rule changed across transformers versions); the caller keeps the one whose group
-    sizes and shapes match the state."""
-    from transformers.trainer_pt_utils import get_parameter_names
-
-    rules = [("biases and norms excluded", get_parameter_names(
-        model, [nn.LayerNorm],
-        [r"bias", r"layernorm", r"rmsnorm", r"(?:^|\.)norm(?:$|\.)", r"_norm(?:$|\.)"])),
-        ("biases, LayerNorm/RMSNorm names excluded", get_parameter_names(
-            model, [nn.LayerNorm], ["bias", "layernorm", "rmsnorm"])),
-        ("matrices only", [n for n, p in model.named_parameters() if p.dim() >= 2])]
-    return [(name, set(names)) for name, names in rules]
 
 
 def estimate_second_moments(model: nn.Module, examples: list[list[int]],
@@ -243,7 +165,7 @@ def estimate_second_moments(model: nn.Module, examples: list[list[int]],
     Used when no optimizer state exists; the source string says so.
     """
     if not examples:
-        raise ValueError("cannot estimate second moments from zero examples")
+        raise OptimizerStateError("cannot estimate second moments from zero examples")
     params = dict(model.named_parameters())
     wanted = list(dict.fromkeys(param_names))
     saved = {n: p.requires_grad for n, p in params.items()}

@@ -7,43 +7,39 @@ directory (keyed by the data and the settings), so a second run only searches.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
+
+from tda.errors import EvalError
+from tda.schemas.options import DemoOptions
 
 DATA = Path(__file__).resolve().parent / "demo_data"
 
 
-@dataclass(frozen=True)
-class DemoSettings:
-    epochs: int = 30          # 982 texts: ~230 s on 2 CPU cores, knows ~47% of the facts
-    preset: str = "tiny"
-    projection_dim: int = 16
-    max_len: int = 128
-    examples: int = 3
-    k: int = 5
-
-    def key(self, corpus: Path) -> str:
-        h = hashlib.sha256(corpus.read_bytes())
-        h.update(json.dumps(self.__dict__, sort_keys=True).encode())
-        return h.hexdigest()[:12]
+def cache_key(settings: DemoOptions, corpus: Path) -> str:
+    """12 hex digits of sha256 over the corpus and the settings: the cache's name."""
+    h = hashlib.sha256(corpus.read_bytes())
+    h.update(json.dumps(dataclasses.asdict(settings), sort_keys=True).encode())
+    return h.hexdigest()[:12]
 
 
-def run_demo(work: Path, settings: DemoSettings = DemoSettings(), console=None,
+def run_demo(work: Path, settings: DemoOptions = DemoOptions(), console=None,
              data: Path = DATA) -> dict:
-    """Train, index, precondition (each cached) and print three attributions. Returns what was
-    shown (for tests)."""
+    """Train, index, precondition (each cached) and print three attributions on ``console``
+    (default: stdout). Returns what was shown (for tests)."""
     from rich.console import Console
 
-    from tda.evaluation.queries import knows, read_queries
     from tda.engine import load_model
+    from tda.evaluation.queries import knows
+    from tda.schemas.queries import read_queries
     console = console or Console()
     corpus, queries_path = data / "corpus.jsonl", data / "queries.jsonl"
     if not corpus.is_file():
-        raise FileNotFoundError(f"{corpus}: the demo's sample data is missing")
-    key = settings.key(corpus)
+        raise EvalError(f"{corpus}: the demo's sample data is missing")
+    key = cache_key(settings, corpus)
     model_dir, index_dir = work / f"model-{key}", work / f"index-{key}"
     timings = {}
     started = time.perf_counter()
@@ -61,13 +57,14 @@ def run_demo(work: Path, settings: DemoSettings = DemoSettings(), console=None,
     console.print(f"model knows {training['facts_known']} of {training['queries']} sample facts "
                   f"({training['fact_accuracy']:.0%}: target = its greedy continuation)")
     t = time.perf_counter()
-    queries = read_queries(queries_path)
+    queries = read_queries(queries_path, need_target=True, need_id=True)
     model, tok = load_model(model_dir)
     known = knows(model, tok, queries)
     picks = _pick(queries, known, settings.examples)
+    from tda.schemas.options import SearchOptions
     from tda.searcher.searcher import Searcher
     shown = []
-    with Searcher(index_dir, workers=1) as searcher:
+    with Searcher(index_dir, SearchOptions(workers=1)) as searcher:
         for q in picks:
             resp = searcher.search(q.prompt, q.target, k=settings.k, mode="both",
                                    profile="demo")
@@ -96,13 +93,15 @@ def _train(corpus, queries_path, model_dir, settings, console) -> None:
         TimeRemainingColumn
 
     from tda.evaluation.train import train_benchmark_model
+    from tda.schemas.options import TrainOptions
     with Progress(TextColumn("  train"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn(),
                   console=console, transient=True) as bar:
         task = bar.add_task("train", total=None, loss="-")
         tmp = model_dir.with_name(model_dir.name + ".partial")
-        train_benchmark_model(corpus, tmp, preset=settings.preset, epochs=settings.epochs,
-                              queries=queries_path, max_len=settings.max_len,
+        train_benchmark_model(corpus, tmp,
+                              TrainOptions(preset=settings.preset, epochs=settings.epochs,
+                                           queries=str(queries_path), max_len=settings.max_len),
                               progress=lambda s, n, loss: bar.update(task, completed=s,
                                                                      total=n,
                                                                      loss=f"{loss:.3f}"))
@@ -111,11 +110,12 @@ def _train(corpus, queries_path, model_dir, settings, console) -> None:
 
 def _index(model_dir, corpus, queries_path, index_dir, settings, console) -> None:
     from tda.engine import TrackStarConfig
+    from tda.errors import IndexMissing
     from tda.indexer.build import build_index
     from tda.indexer.precondition import build_profile
-    from tda.indexer.profiles import complete_profiles
-    from tda.indexer.store import IndexMissing, IndexStore
-    from tda.schemas.index import IndexOptions, PreconditionOptions
+    from tda.schemas.options import IndexOptions, PreconditionOptions
+    from tda.store.index import IndexStore
+    from tda.store.profiles import complete_profiles
     try:
         done = IndexStore.open(index_dir).bm25_status
     except IndexMissing:
@@ -131,8 +131,8 @@ def _index(model_dir, corpus, queries_path, index_dir, settings, console) -> Non
         console.print(f"[bold]2/3[/] index cached: {index_dir}")
     if "demo" not in complete_profiles(IndexStore.open(index_dir)):
         console.print("[bold]3/3[/] fitting the mixed correction R from the sample's queries")
-        build_profile(index_dir, "demo", queries_path, PreconditionOptions(mode="mixed"),
-                      workers=1, log=lambda m: console.print(f"  {m}"))
+        build_profile(index_dir, "demo", queries_path,
+                      PreconditionOptions(mode="mixed", workers=1))
     else:
         console.print("[bold]3/3[/] correction profile cached")
 

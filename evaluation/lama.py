@@ -1,10 +1,12 @@
 """Reading LAMA T-REx facts (format: ../shared/data/README.md)."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
+
+from tda.errors import EvalError
+from tda.schemas.jsonl import read_jsonl
 
 
 @dataclass(frozen=True)
@@ -26,18 +28,16 @@ def read_facts(lama_dir: str | Path, relations: list[str] | None = None) -> Iter
         [lama_dir / f"{r}.jsonl" for r in relations]
     for file in files:
         if not file.is_file():
-            raise FileNotFoundError(f"{file}: no such relation file")
-        with file.open(encoding="utf-8") as f:
-            for line_no, line in enumerate(f, 1):
-                try:
-                    rec = json.loads(line)
-                    sentences = dict.fromkeys(
-                        e["masked_sentence"].replace("[MASK]", e["obj_surface"], 1)
-                        for e in rec["evidences"])
-                    yield Fact(rec["uuid"], rec["predicate_id"], rec["sub_label"],
-                               rec["obj_label"], tuple(sentences))
-                except (KeyError, json.JSONDecodeError) as e:
-                    raise ValueError(f"{file}:{line_no}: not a LAMA fact record ({e})") from None
+            raise EvalError(f"{file}: no such relation file")
+        for line_no, rec in read_jsonl(file, EvalError):
+            try:
+                sentences = dict.fromkeys(
+                    e["masked_sentence"].replace("[MASK]", e["obj_surface"], 1)
+                    for e in rec["evidences"])
+                yield Fact(rec["uuid"], rec["predicate_id"], rec["sub_label"],
+                           rec["obj_label"], tuple(sentences))
+            except (KeyError, TypeError, AttributeError) as e:
+                raise EvalError(f"{file}:{line_no}: not a LAMA fact record ({e!r})") from None
 
 
 def read_sentences(lama_dir: str | Path, n: int, relations: list[str] | None = None) -> list[str]:

@@ -5,7 +5,7 @@ documents that state the fact (the query's *proponents*). Rankings over chunks (
 first reduced to documents with :func:`to_documents`, so that a document counts once, at the
 rank of its best chunk.
 
-A query with no ground-truth proponent cannot be scored: both metrics raise ``ValueError`` for
+A query with no ground-truth proponent cannot be scored: both metrics raise ``EvalError`` (a ``ValueError``) for
 an empty ``relevant`` set rather than silently counting it as a miss (filter such queries out,
 and report how many).
 """
@@ -15,6 +15,8 @@ from itertools import islice
 from typing import Iterable, Mapping
 
 import numpy as np
+
+from tda.errors import EvalError
 
 
 def to_documents(ranked_ids: Iterable[str], doc_of: Mapping[str, str] | None = None) -> list[str]:
@@ -39,7 +41,7 @@ def to_documents(ranked_ids: Iterable[str], doc_of: Mapping[str, str] | None = N
 def _check_relevant(relevant: Iterable[str]) -> set[str]:
     relevant = set(relevant)
     if not relevant:
-        raise ValueError("no ground-truth proponents for this query: it cannot be scored")
+        raise EvalError("no ground-truth proponents for this query: it cannot be scored")
     return relevant
 
 
@@ -48,7 +50,7 @@ def reciprocal_rank(ranked_ids: Iterable[str], relevant: Iterable[str], cutoff: 
     ids, 0.0 when none is there. The mean over queries is the MRR of the TrackStar paper
     (Chang et al. 2024, cutoff 100). Raises ValueError for an empty ``relevant`` or cutoff < 1."""
     if cutoff < 1:
-        raise ValueError(f"cutoff must be >= 1, got {cutoff}")
+        raise EvalError(f"cutoff must be >= 1, got {cutoff}")
     relevant = _check_relevant(relevant)
     for rank, example_id in enumerate(islice(ranked_ids, cutoff), 1):
         if example_id in relevant:
@@ -62,7 +64,7 @@ def recall_at(ranked_ids: Iterable[str], relevant: Iterable[str], k: int = 10) -
     proponents the best possible value is ``k / |relevant|``. Reduce chunk rankings with
     :func:`to_documents` first. Raises ValueError for an empty ``relevant`` or k < 1."""
     if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
+        raise EvalError(f"k must be >= 1, got {k}")
     relevant = _check_relevant(relevant)
     return len(set(islice(ranked_ids, k)) & relevant) / len(relevant)
 
@@ -71,9 +73,9 @@ def _as_values(values: Iterable[float]) -> np.ndarray:
     x = np.asarray(list(values) if not isinstance(values, np.ndarray) else values,
                    dtype=np.float64).ravel()
     if x.size == 0:
-        raise ValueError("no values: need at least one query")
+        raise EvalError("no values: need at least one query")
     if not np.all(np.isfinite(x)):
-        raise ValueError("values must be finite (got NaN or infinity)")
+        raise EvalError("values must be finite (got NaN or infinity)")
     return x
 
 
@@ -86,9 +88,9 @@ def bootstrap_ci(values: Iterable[float], n_resamples: int = 1000, level: float 
     percentiles of those means. Deterministic for a seed. A single value gives ``(v, v)``.
     """
     if not 0.0 < level < 1.0:
-        raise ValueError(f"level must be in (0, 1), got {level}")
+        raise EvalError(f"level must be in (0, 1), got {level}")
     if n_resamples < 1:
-        raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
+        raise EvalError(f"n_resamples must be >= 1, got {n_resamples}")
     x = _as_values(values)
     n = x.size
     rng = np.random.default_rng(seed)

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from tda.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class Preset:
@@ -33,7 +35,7 @@ def model_config(arch: str, preset: str, tokenizer, dtype: torch.dtype = torch.f
     from transformers import GPT2Config, LlamaConfig
 
     if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+        raise ConfigError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
     p = PRESETS[preset]
     special = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                    pad_token_id=tokenizer.pad_token_id, dtype=dtype)
@@ -49,7 +51,7 @@ def model_config(arch: str, preset: str, tokenizer, dtype: torch.dtype = torch.f
                            num_attention_heads=p.heads, num_key_value_heads=p.kv_heads,
                            max_position_embeddings=p.positions, tie_word_embeddings=False,
                            **special)
-    raise ValueError(f"unknown architecture {arch!r}; choose 'gpt2' or 'llama'")
+    raise ConfigError(f"unknown architecture {arch!r}; choose 'gpt2' or 'llama'")
 
 
 def new_model(arch: str, preset: str, tokenizer, seed: int = 0):

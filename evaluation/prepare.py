@@ -35,18 +35,17 @@ import hashlib
 import json
 import random
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Literal
+from typing import Any, Iterable
 
+from tda.errors import PrepareError
 from tda.evaluation.lama import Fact, read_facts
-from tda.schemas.config import doc
 from tda.schemas.jsonl import read_jsonl
+from tda.schemas.options import PrepareOptions
 
 FORMAT = "tda-fact-bench/1"
 KINDS: tuple[str, ...] = ("wikipedia", "paraphrase", "distractor")
 _PREFIX = {"wikipedia": "w-", "paraphrase": "p-", "distractor": "d-"}
-TEMPLATE_SOURCES: tuple[str, ...] = ("lama", "pararel")
 
 LICENSES: dict[str, dict[str, str]] = {
     "lama": {
@@ -73,61 +72,6 @@ LICENSES: dict[str, dict[str, str]] = {
         "used_for": "distractor sentences",
     },
 }
-
-
-class PrepareError(ValueError):
-    """Bad input to ``prepare``: the message names the file, relation or option."""
-
-
-@dataclass(frozen=True)
-class PrepareOptions:
-    """What ``tda eval prepare`` samples from LAMA T-REx and how it builds queries and texts."""
-
-    relations: str = doc(
-        "Comma-separated LAMA relation ids, e.g. P19,P101, in any order (empty: every P*.jsonl "
-        "in the LAMA directory).", default="")
-    facts: int = doc(
-        "Facts to sample in total, spread as evenly as possible over the relations; only facts "
-        "with at least one evidence sentence count (0: all of them).", default=0)
-    templates: Literal["lama", "pararel"] = doc(
-        "Query templates: 'lama' (the relation's LAMA template) or 'pararel' (per fact, one "
-        "seeded pick among the relation's ParaRel templates with [X] before [Y]; relations "
-        "without ParaRel templates fall back to LAMA).", default="lama")
-    paraphrases: int = doc(
-        "Paraphrase sentences per fact added to the corpus: ParaRel templates filled with "
-        "subject and object label, never the fact's query template (fewer when the relation "
-        "has fewer templates, none without ParaRel templates).", default=0)
-    distractors: str = doc(
-        "File of distractor sentences added with no facts: FewRel JSON (relation -> "
-        "[{tokens, h, t}]) or JSON Lines with a 'text' field (empty: none).", default="")
-    distractor_count: int = doc(
-        "Distractor sentences to sample from the file (0: all).", default=0)
-    seed: int = doc("Seed of fact, template, paraphrase and distractor sampling.", default=0)
-
-    def __post_init__(self) -> None:
-        for name in ("facts", "paraphrases", "distractor_count"):
-            if getattr(self, name) < 0:
-                raise PrepareError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.templates not in TEMPLATE_SOURCES:
-            raise PrepareError(
-                f"templates must be one of {TEMPLATE_SOURCES}, got {self.templates!r}")
-        if self.distractor_count and not self.distractors:
-            raise PrepareError("distractor_count needs a distractors file")
-
-    def relation_list(self) -> list[str]:
-        """The requested relations, upper-cased and deduplicated (empty: all)."""
-        out: dict[str, None] = {}
-        for part in self.relations.split(","):
-            rel = part.strip().upper()
-            if not rel:
-                continue
-            if not re.fullmatch(r"P\d+", rel):
-                raise PrepareError(f"not a relation id: {part.strip()!r} (expected e.g. P19)")
-            out.setdefault(rel)
-        return list(out)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -191,14 +135,10 @@ def fill_template(pattern: str, subject: str, obj: str) -> str:
     return re.sub(r"\[([XY])\]", lambda m: subject if m.group(1) == "X" else obj, pattern)
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [rec for _, rec in read_jsonl(path, PrepareError)]
-
-
 def read_lama_templates(path: Path) -> dict[str, str]:
     """relation -> LAMA template from ``relations.jsonl``."""
     out = {}
-    for i, rec in enumerate(_read_jsonl(path), 1):
+    for i, rec in read_jsonl(path, PrepareError):
         if not isinstance(rec.get("relation"), str) or not isinstance(rec.get("template"), str):
             raise PrepareError(f"{path}:{i}: needs string fields 'relation' and 'template'")
         out[rec["relation"]] = rec["template"]
@@ -208,7 +148,7 @@ def read_lama_templates(path: Path) -> dict[str, str]:
 def read_pararel_templates(path: Path) -> list[str]:
     """The relation's ParaRel patterns, deduplicated after normalization, in file order."""
     out: dict[str, str] = {}
-    for i, rec in enumerate(_read_jsonl(path), 1):
+    for i, rec in read_jsonl(path, PrepareError):
         pattern = rec.get("pattern")
         if not isinstance(pattern, str) or pattern.count("[X]") != 1 \
                 or pattern.count("[Y]") != 1:
@@ -260,7 +200,7 @@ def read_distractors(path: Path) -> list[str]:
         raise PrepareError(f"distractors file not found: {path}")
     texts: list[str] = []
     if path.suffix == ".jsonl":
-        for i, rec in enumerate(_read_jsonl(path), 1):
+        for i, rec in read_jsonl(path, PrepareError):
             if not isinstance(rec.get("text"), str):
                 raise PrepareError(f"{path}:{i}: JSON Lines distractors need a 'text' field")
             texts.append(rec["text"])

@@ -1,43 +1,10 @@
-"""Benchmark queries (BENCH/queries.jsonl) and whether the model knows each fact."""
+"""Whether a model knows each benchmark fact (queries: ``tda.schemas.queries``)."""
 from __future__ import annotations
-
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
-from tda.engine.batching import collate, query_sequence
-from tda.schemas.jsonl import read_jsonl
-
-
-@dataclass(frozen=True)
-class Query:
-    id: str
-    prompt: str
-    target: str
-    proponents: tuple[str, ...]
-    wikipedia_proponents: tuple[str, ...] = ()
-    relation: str = ""
-    extra: dict = field(default_factory=dict, compare=False, hash=False)
-
-
-def read_queries(path: str | Path) -> list[Query]:
-    """Queries from JSON Lines; a line that is not a usable query is an error naming it."""
-    out = []
-    for n, rec in read_jsonl(path):
-        try:
-            out.append(Query(str(rec["id"]), rec["prompt"], rec["target"],
-                             tuple(rec.get("proponents", ())),
-                             tuple(rec.get("wikipedia_proponents", ())),
-                             rec.get("relation", ""),
-                             {k: v for k, v in rec.items() if k not in (
-                                 "id", "prompt", "target", "proponents",
-                                 "wikipedia_proponents", "relation")}))
-        except (KeyError, TypeError) as e:
-            raise ValueError(f"{path}:{n}: not a query record (missing {e})") from None
-    if not out:
-        raise ValueError(f"{path}: no queries")
-    return out
+from tda.engine.batching import collate, pad_id, query_sequence
+from tda.schemas.queries import Query
 
 
 @torch.no_grad()
@@ -46,7 +13,7 @@ def knows(model, tokenizer, queries: list[Query], max_len: int = 256,
     """Per query: is the target the model's greedy continuation (every target token the
     argmax given the prompt and the target tokens before it)?"""
     out: list[bool] = []
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad = pad_id(tokenizer)
     device = next(model.parameters()).device
     for i in range(0, len(queries), batch_size):
         seqs = [query_sequence(tokenizer, q.prompt, q.target, max_len)

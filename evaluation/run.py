@@ -28,8 +28,13 @@ from pathlib import Path
 
 import numpy as np
 
+from tda.errors import EvalError
 from tda.evaluation.metrics import recall_at, reciprocal_rank, summarize, to_documents
-from tda.evaluation.queries import Query, read_queries
+from tda.log import logger
+from tda.schemas.options import EVAL_METHODS, EvalRunOptions
+from tda.schemas.queries import Query, read_queries
+
+log = logger(__name__)
 
 RETRIEVE = 100
 
@@ -52,6 +57,7 @@ METHODS: dict[str, Method] = {
     "exact": Method("TrackStar, exact correction", "exact", "mixed", "trackstar"),
     "fused": Method("TrackStar + BM25 (RRF)", None, "mixed", "fused"),
 }
+assert tuple(METHODS) == EVAL_METHODS      # the option's choices (schemas/options.py)
 VARIANTS = {"graddot": {"correction": "none", "unit_normalize": False},
             "gradcos": {"correction": "none", "unit_normalize": True},
             "exact": {"correction": "exact"}}
@@ -59,41 +65,37 @@ PROFILE_NAMES = {"train": "eval-train", "mixed": "eval-mixed"}
 
 
 def run_eval(index: str | Path, queries_path: str | Path, out: str | Path,
-             methods: list[str] | None = None, tail_patch: int = 10,
-             tail_patch_queries: int | None = None, workers: int = 2, seed: int = 0,
-             log=print) -> dict:
+             options: EvalRunOptions = EvalRunOptions()) -> dict:
     """Build what the methods need, retrieve, score, and write report.{json,md} and charts."""
-    from tda.engine import TrackStarConfig
-    from tda.indexer.store import IndexStore
+    from tda.store.index import IndexStore
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    methods = methods or list(METHODS)
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise ValueError(f"unknown methods {unknown}; choose from {list(METHODS)}")
-    queries = read_queries(queries_path)
+    methods = options.method_list() or list(METHODS)
+    tail_patch, workers, seed = options.tail_patch, options.workers, options.seed
+    tail_patch_queries = options.tail_patch_queries or None
+    queries = read_queries(queries_path, need_target=True, need_id=True)
     store = IndexStore.open(index)
-    cfg = TrackStarConfig.from_dict(store.manifest.featurizer["config"])
+    cfg = store.manifest.engine.config
     if cfg.correction != "factored" or not cfg.unit_normalize:
-        raise ValueError(f"{index}: the given index must be TrackStar's (factored correction, "
-                         f"unit norm); it has correction={cfg.correction}, "
-                         f"unit_normalize={cfg.unit_normalize}")
+        raise EvalError(f"{index}: the given index must be TrackStar's (factored correction, "
+                        f"unit norm); it has correction={cfg.correction}, "
+                        f"unit_normalize={cfg.unit_normalize}")
     timings: dict[str, float] = {}
     indexes = {None: str(index)}
     for v in sorted({METHODS[m].variant for m in methods} - {None}):
         t = time.perf_counter()
-        indexes[v] = _variant_index(store, out / "indexes" / v, cfg.replace(**VARIANTS[v]), log)
+        indexes[v] = _variant_index(store, out / "indexes" / v, cfg.replace(**VARIANTS[v]))
         timings[f"index {v}"] = round(time.perf_counter() - t, 1)
     for m in methods:
         spec = METHODS[m]
         if spec.profile:
             t = time.perf_counter()
-            _ensure_profile(indexes[spec.variant], spec.profile, queries_path, workers, log)
+            _ensure_profile(indexes[spec.variant], spec.profile, queries_path, workers)
             key = f"profile {spec.profile} ({spec.variant or 'main'})"   # shared by methods:
             timings[key] = round(timings.get(key, 0.0) + time.perf_counter() - t, 1)  # add up
     t = time.perf_counter()
-    ranked = _retrieve(indexes, methods, queries, workers, log)
+    ranked = _retrieve(indexes, methods, queries, workers)
     timings["retrieval"] = round(time.perf_counter() - t, 1)
     report = {"index": str(index), "queries": str(queries_path), "n_queries": len(queries),
               "methods": {}, "references": {}, "timings_s": timings}
@@ -103,7 +105,7 @@ def run_eval(index: str | Path, queries_path: str | Path, out: str | Path,
     if tail_patch:
         t = time.perf_counter()
         patched = _tail_patch(store, queries, ranked, methods, tail_patch, tail_patch_queries,
-                              seed, log)
+                              seed)
         timings["tail-patch"] = round(time.perf_counter() - t, 1)
         for name, values in patched.items():
             target = report["methods"][name] if name in report["methods"] else \
@@ -118,42 +120,45 @@ def run_eval(index: str | Path, queries_path: str | Path, out: str | Path,
 
 
 # --------------------------------------------------------------------------- building
-def _variant_index(store, path: Path, config, log) -> str:
-    """An ablation index: the main index's model, corpus and layout, another engine config."""
-    from dataclasses import fields
+def _variant_index(store, path: Path, config) -> str:
+    """An ablation index: the main index's model, corpus and build options (or, for an index
+    that did not record them, its layout), another engine config, no BM25."""
+    from dataclasses import replace
 
     from tda.indexer.build import build_index
-    from tda.schemas.corpus import CorpusOptions
-    from tda.schemas.index import IndexOptions
+    from tda.schemas.options import IndexOptions
     m = store.manifest
-    layout = {f.name: m.layout[f.name] for f in fields(IndexOptions) if f.name in m.layout}
-    summary = build_index(m.model["path"], [f["name"] for f in m.corpus["files"]], str(path),
-                          config, IndexOptions(**layout, bm25=False),
-                          CorpusOptions(**m.corpus["options"]), progress=False)
+    options = m.build.index if m.build is not None else \
+        IndexOptions(shard_size=m.layout.shard_size, storage_dtype=m.layout.storage_dtype)
+    summary = build_index(m.model.path, [f.name for f in m.corpus.files], str(path),
+                          config, replace(options, bm25=False), m.corpus.options,
+                          progress=False)
     if summary.shards_written:      # a rerun finds it complete and says nothing
-        log(f"ablation index {path.name}: correction={config.correction}, "
-            f"unit_normalize={config.unit_normalize}, {summary.shards_written} shards written")
+        log.info(f"ablation index {path.name}: correction={config.correction}, "
+                 f"unit_normalize={config.unit_normalize}, {summary.shards_written} shards "
+                 f"written")
     return str(path)
 
 
-def _ensure_profile(index: str, mode: str, queries_path, workers: int, log) -> None:
+def _ensure_profile(index: str, mode: str, queries_path, workers: int) -> None:
     from tda.indexer.precondition import build_profile
-    from tda.indexer.profiles import complete_profiles
-    from tda.indexer.store import IndexStore
+    from tda.schemas.options import PreconditionOptions
+    from tda.store.index import IndexStore
+    from tda.store.profiles import complete_profiles
     name = PROFILE_NAMES[mode]
     if name in complete_profiles(IndexStore.open(index)):
         return
-    log(f"profile {name} ({mode}) on {index}")
-    from tda.schemas.index import PreconditionOptions
+    log.info(f"profile {name} ({mode}) on {index}")
     build_profile(index, name, queries_path if mode == "mixed" else None,
-                  PreconditionOptions(mode=mode), workers=workers, log=log)
+                  PreconditionOptions(mode=mode, workers=workers))
 
 
 # --------------------------------------------------------------------------- retrieval
-def _retrieve(indexes: dict, methods: list[str], queries: list[Query], workers: int,
-              log) -> dict[str, list[list[str]]]:
+def _retrieve(indexes: dict, methods: list[str], queries: list[Query],
+              workers: int) -> dict[str, list[list[str]]]:
     """Per method, per query: retrieved document ids, best first (chunks folded into their
     document at its best rank)."""
+    from tda.schemas.options import SearchOptions
     from tda.schemas.search import SearchRequest
     from tda.searcher.searcher import Searcher
     ranked: dict[str, list[list[str]]] = {}
@@ -161,8 +166,8 @@ def _retrieve(indexes: dict, methods: list[str], queries: list[Query], workers: 
     for m in methods:
         by_index.setdefault(METHODS[m].variant, []).append(m)
     for variant, names in by_index.items():
-        log(f"retrieving for {', '.join(names)}")
-        with Searcher(indexes[variant], workers=workers) as searcher:
+        log.info(f"retrieving for {', '.join(names)}")
+        with Searcher(indexes[variant], SearchOptions(workers=workers)) as searcher:
             for profile in dict.fromkeys(METHODS[m].profile for m in names):
                 group = [m for m in names if METHODS[m].profile == profile]
                 wants_lexical = any(METHODS[m].lists != "trackstar" for m in group)
@@ -189,16 +194,10 @@ def _retrieval_metrics(queries: list[Query], ranked: list[list[str]]) -> dict:
 
 
 # --------------------------------------------------------------------------- tail-patch
-def _tail_patch(store, queries, ranked, methods, k, n_queries, seed, log) -> dict:
-    import torch
-
-    from tda.engine import load_model
+def _tail_patch(store, queries, ranked, methods, k, n_queries, seed) -> dict:
     from tda.evaluation.tailpatch import TailPatcher
     m = store.manifest
-    model, tok = load_model(m.model["path"])
-    state = torch.load(Path(m.model["path"]) / "optimizer.pt", map_location="cpu",
-                       weights_only=True)
-    patcher = TailPatcher(model, tok, state, max_len=m.featurizer["config"]["max_len"])
+    patcher = TailPatcher.from_pretrained(m.model.path, max_len=m.engine.config.max_len)
     texts = _documents_text(store)
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(queries))
@@ -210,7 +209,7 @@ def _tail_patch(store, queries, ranked, methods, k, n_queries, seed, log) -> dic
     lists["random"] = {i: [all_ids[j] for j in rng.choice(len(all_ids), k, replace=False)]
                        for i in chosen}
     for name, per_query in lists.items():
-        log(f"tail-patch: {name} ({len(chosen)} queries x top {k})")
+        log.info(f"tail-patch: {name} ({len(chosen)} queries x top {k})")
         d_logp, d_p = [], []
         for i, ids in per_query.items():
             q = queries[i]

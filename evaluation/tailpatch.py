@@ -28,7 +28,10 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from tda.engine.batching import collate, example_sequence, per_example_loss, query_sequence
+from tda.engine.batching import (collate, example_sequence, pad_id, per_example_loss,
+                                 query_sequence)
+from tda.engine.optimizer_state import find_state_file, is_state_dict, param_names, read_state
+from tda.errors import OptimizerStateError
 
 
 @dataclass
@@ -92,14 +95,13 @@ class TailPatcher:
 
     def __init__(self, model: nn.Module, tokenizer, optimizer_state: dict, max_len: int = 256,
                  lr: float | None = None):
-        if not (isinstance(optimizer_state, dict) and "state" in optimizer_state
-                and "param_groups" in optimizer_state):
-            raise ValueError("optimizer_state is not an optimizer state_dict "
-                             "(no 'state'/'param_groups')")
+        if not is_state_dict(optimizer_state):
+            raise OptimizerStateError("optimizer_state is not an optimizer state_dict "
+                                      "(no 'state'/'param_groups')")
         self.model = model
         self.tokenizer = tokenizer
         self.max_len = max_len
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.pad_id = pad_id(tokenizer)
         self.device = next(model.parameters()).device
         forward_args = signature(model.forward).parameters
         self._logits_to_keep = "logits_to_keep" in forward_args
@@ -108,9 +110,9 @@ class TailPatcher:
                for g in optimizer_state["param_groups"]]
         if not any(lrs):
             initial = [g.get("initial_lr") for g in optimizer_state["param_groups"]]
-            raise ValueError(f"the step's learning rate is 0 (the state's schedule decayed to "
-                             f"zero?), so one step changes nothing: pass lr= explicitly "
-                             f"(the groups' initial_lr: {initial})")
+            raise OptimizerStateError(f"the step's learning rate is 0 (the state's schedule "
+                                      f"decayed to zero?), so one step changes nothing: pass "
+                                      f"lr= explicitly (the groups' initial_lr: {initial})")
         self.lr = lrs[0]        # the step's learning rate (first group's; ``lrs``: each group's)
         self.lrs = lrs
         self.slots = self._read_state(optimizer_state, lr)
@@ -124,17 +126,14 @@ class TailPatcher:
         from tda.engine.model import load_model
 
         model, tokenizer = load_model(path, dtype=dtype, device=device)
-        file = Path(path) / optimizer_file
-        if not file.is_file():
-            raise FileNotFoundError(f"{file}: no optimizer state next to the model")
-        state = torch.load(file, map_location=device, weights_only=True)
+        state = read_state(find_state_file(path, (optimizer_file,)))
         return cls(model, tokenizer, state, max_len=max_len, lr=lr)
 
     # -- state ----------------------------------------------------------------------------
 
     def _read_state(self, blob: dict, lr: float | None) -> list[_Slot]:
         params = dict(self.model.named_parameters())
-        names = _param_names(blob, self.model)
+        names = param_names(blob, self.model, "optimizer state")
         slots = []
         with torch.no_grad():
             for group in blob["param_groups"]:
@@ -147,13 +146,13 @@ class TailPatcher:
                 for pid in group["params"]:
                     name = names[pid]
                     if name not in params:
-                        raise ValueError(f"optimizer state names parameter {name!r}, which the "
-                                         f"model does not have")
+                        raise OptimizerStateError(f"optimizer state names parameter {name!r}, "
+                                                  f"which the model does not have")
                     p = params[name].detach()
                     st = blob["state"].get(pid) or {}
                     if st and "exp_avg" not in st:
-                        raise ValueError(f"optimizer state for {name!r} is not Adam/AdamW "
-                                         f"(keys {sorted(st)})")
+                        raise OptimizerStateError(f"optimizer state for {name!r} is not "
+                                                  f"Adam/AdamW (keys {sorted(st)})")
                     step = float(st["step"]) if "step" in st else 0.0
 
                     def moment(key, _st=st, _p=p, _name=name):
@@ -161,8 +160,9 @@ class TailPatcher:
                         if t is None:
                             return torch.zeros_like(_p)
                         if tuple(t.shape) != tuple(_p.shape):
-                            raise ValueError(f"optimizer state {key} for {_name!r} has shape "
-                                             f"{list(t.shape)}, the parameter {list(_p.shape)}")
+                            raise OptimizerStateError(
+                                f"optimizer state {key} for {_name!r} has shape "
+                                f"{list(t.shape)}, the parameter {list(_p.shape)}")
                         # a copy: the caller may step an optimizer that shares these tensors
                         return t.detach().to(device=_p.device, dtype=_p.dtype, copy=True)
 
@@ -178,7 +178,7 @@ class TailPatcher:
                         l2=0.0 if decoupled else wd,
                         maximize=bool(group.get("maximize", False))))
         if not slots:
-            raise ValueError("optimizer state holds no parameters")
+            raise OptimizerStateError("optimizer state holds no parameters")
         return slots
 
     # -- scoring --------------------------------------------------------------------------
@@ -258,13 +258,3 @@ def _eval_mode(model: nn.Module):
     finally:
         for m, mode in modes:
             m.training = mode
-
-
-def _param_names(blob: dict, model: nn.Module) -> dict:
-    """The state's parameter ids -> canonical parameter names."""
-    groups = blob["param_groups"]
-    if all("param_names" in g for g in groups):
-        return {pid: name for g in groups for pid, name in zip(g["params"], g["param_names"])}
-    from tda.engine.second_moments import _param_names as by_order
-
-    return by_order(blob, model, "optimizer state")

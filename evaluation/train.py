@@ -5,12 +5,15 @@ import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence as Seq
+from typing import Sequence
 
 import torch
 from torch import nn
 
-from tda.engine.batching import Sequence, collate, per_example_loss
+from tda.engine.batching import TokenSequence, collate, pad_id, per_example_loss
+from tda.errors import EvalError
+from tda.schemas.jsonl import read_jsonl
+from tda.schemas.options import TrainOptions
 
 
 MIN_LR = 0.1
@@ -23,7 +26,7 @@ class TrainResult:
     final_lr: float = 0.0
 
 
-def train_lm(model: nn.Module, tokenizer, texts: Seq[str], *, epochs: int = 1,
+def train_lm(model: nn.Module, tokenizer, texts: Sequence[str], *, epochs: int = 1,
              batch_size: int = 16, lr: float = 3e-3, weight_decay: float = 0.01,
              max_len: int = 128, seed: int = 0, warmup: int = 20,
              progress=None) -> TrainResult:
@@ -32,9 +35,9 @@ def train_lm(model: nn.Module, tokenizer, texts: Seq[str], *, epochs: int = 1,
     final learning rate, which tail-patch steps with, is not zero). Deterministic for a seed."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    seqs = [Sequence(tuple(tokenizer(t)["input_ids"][:max_len]), 1) for t in texts]
+    seqs = [TokenSequence(tuple(tokenizer(t)["input_ids"][:max_len]), 1) for t in texts]
     seqs = [s for s in seqs if len(s.ids) >= 2]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad = pad_id(tokenizer)
     opt = torch.optim.AdamW(list(model.named_parameters()), lr=lr, weight_decay=weight_decay)
     steps = epochs * ((len(seqs) + batch_size - 1) // batch_size)
     def schedule(step: int) -> float:     # linear warmup, then cosine from lr to MIN_LR * lr
@@ -64,35 +67,34 @@ def train_lm(model: nn.Module, tokenizer, texts: Seq[str], *, epochs: int = 1,
     return result
 
 
-def train_benchmark_model(corpus: str | Path, out: str | Path, *, preset: str = "tiny",
-                          arch: str = "gpt2", epochs: int = 20, seed: int = 0,
-                          lr: float = 3e-3, batch_size: int = 32, vocab_size: int = 4096,
-                          max_len: int = 128, queries: str | Path | None = None,
-                          progress=None) -> dict:
+def train_benchmark_model(corpus: str | Path, out: str | Path,
+                          options: TrainOptions = TrainOptions(), progress=None) -> dict:
     """Train a tokenizer and a small causal LM from scratch on a corpus (JSON Lines with
     "text"), and save into ``out``: the model and tokenizer (save_pretrained), the AdamW state
     as ``optimizer.pt`` (torch state_dict with parameter names, what the engine and tail-patch
     read), ``training.json`` (settings, final learning rate, per-step losses, fact accuracy) and
-    ``loss.png``. Returns the training.json dict."""
+    ``loss.png``. ``progress(step, steps, loss)`` is called after every step. Returns the
+    training.json dict."""
     import json as _json
     import time as _time
 
     from tda.evaluation.models import new_model
-    from tda.evaluation.queries import knows, read_queries
+    from tda.evaluation.queries import knows
     from tda.evaluation.tokenizer import train_bpe_tokenizer
+    from tda.schemas.queries import read_queries
 
+    o = options
+    preset, arch, epochs, seed, lr = o.preset, o.arch, o.epochs, o.seed, o.lr
+    batch_size, vocab_size, max_len = o.batch_size, o.vocab_size, o.max_len
     started = _time.perf_counter()
     corpus, out = Path(corpus), Path(out)
     texts = []
-    with corpus.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    texts.append(_json.loads(line)["text"])
-                except (ValueError, KeyError, TypeError) as e:
-                    raise ValueError(f"{corpus}:{n}: not a corpus record ({e})") from None
+    for n, rec in read_jsonl(corpus, EvalError):
+        if not isinstance(rec.get("text"), str):
+            raise EvalError(f"{corpus}:{n}: not a corpus record (no string 'text')")
+        texts.append(rec["text"])
     if not texts:
-        raise ValueError(f"{corpus}: no texts")
+        raise EvalError(f"{corpus}: no texts")
     torch.manual_seed(seed)
     tok = train_bpe_tokenizer(texts, vocab_size=vocab_size)
     model = new_model(arch, preset, tok, seed)
@@ -108,9 +110,9 @@ def train_benchmark_model(corpus: str | Path, out: str | Path, *, preset: str = 
             "vocab_size": len(tok), "max_len": max_len, "final_lr": result.final_lr,
             "steps": len(result.losses), "final_loss": result.losses[-1],
             "seconds": round(_time.perf_counter() - started, 1), "losses": result.losses}
-    qpath = Path(queries) if queries else corpus.with_name("queries.jsonl")
+    qpath = Path(o.queries) if o.queries else corpus.with_name("queries.jsonl")
     if qpath.is_file():
-        qs = read_queries(qpath)
+        qs = read_queries(qpath, need_target=True, need_id=True)
         known = knows(model, tok, qs)
         info["fact_accuracy"] = sum(known) / len(known)
         info["facts_known"] = sum(known)

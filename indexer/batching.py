@@ -1,10 +1,10 @@
 """Token-budget batches with length bucketing."""
 from __future__ import annotations
 
-from tda.engine.batching import Sequence
+from tda.engine.batching import TokenSequence
 
 
-def budget_batches(seqs: list[Sequence], batch_tokens: int) -> list[list[int]]:
+def budget_batches(seqs: list[TokenSequence], batch_tokens: int) -> list[list[int]]:
     """Group sequence positions into batches whose padded size (rows x longest row) stays within
     ``batch_tokens`` (a single longer sequence gets a batch of its own). Longest first, so
     lengths within a batch are close and the most memory-hungry batch runs first."""

@@ -3,43 +3,48 @@
 Work unit: a shard = ``shard_size`` consecutive valid documents. Rank 0 scans the corpus
 (validation, counts, duplicate ids), creates or checks the manifest and hands the incomplete
 shards out round-robin; each rank featurizes and writes its own shards; rank 0 then builds the
-Lucene index from the shards' texts. Re-running the same command resumes.
+Lucene index from the shards' texts. Re-running the same command resumes. What rank 0 decides
+alone reaches every rank through ``_on_main``, errors included (as the same error type).
 """
 from __future__ import annotations
 
 import datetime
 import os
 import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-
 from tda import __version__
 from tda.engine import Featurizer, TrackStarConfig, collate, load_model, model_fingerprint
 from tda.engine.featurizer import estimate_from_texts
-from tda.engine.second_moments import OWN_FILE, TRAINER_FILE, SecondMoments, load_second_moments
-from tda.indexer import distributed as D
-from tda.indexer import lucene
+from tda.engine.optimizer_state import has_state_file
+from tda.engine.second_moments import SecondMoments, load_second_moments
+from tda.errors import (BuildError, IndexMissing, IndexUnusable, NotAnIndex, SettingsMismatch,
+                        TdaError)
+from tda.indexer import distributed
 from tda.indexer.batching import budget_batches
-from tda.indexer.faults import crash_point
 from tda.indexer.documents import (CorpusScan, Example, chunk_document, scan_corpus,
                                    shard_documents, valid_documents)
-from tda.indexer.readers import CorpusError, corpus_files, fingerprint
-from tda.indexer.lock import IndexBusy, IndexLock
-from tda.indexer.store import IndexError_, IndexMissing, IndexStore, ShardRows
+from tda.indexer.readers import corpus_files, fingerprint
+from tda.log import logger, progress as progress_bar
 from tda.schemas.corpus import CorpusOptions
-from tda.schemas.index import IndexOptions, Manifest
+from tda.schemas.index import (BuildRecord, CorpusFile, CorpusRecord, Layout, Manifest,
+                               ModelRecord)
+from tda.schemas.options import IndexOptions
+from tda.store import bm25, location
+from tda.store.faults import crash_point
+from tda.store.index import IndexStore, ShardRows
+from tda.store.lock import IndexLock
 
-
-
-class BuildError(RuntimeError):
-    """A build that cannot go on; the message says why and what to do."""
+log = logger(__name__)
 
 
 @dataclass
 class BuildSummary:
+    """What one `tda index` run did (documents, examples and tokens in the index; shards this
+    run wrote; seconds of wall time)."""
+
     index: str
     documents: int = 0
     examples: int = 0
@@ -62,40 +67,51 @@ class BuildSummary:
 def build_index(model_dir: str | Path, corpus: list[str | Path], out: str | Path,
                 config: TrackStarConfig = TrackStarConfig(),
                 options: IndexOptions = IndexOptions(),
-                corpus_options: CorpusOptions = CorpusOptions(),
-                optimizer_state: str | Path | None = None, estimate_examples: int = 256,
+                corpus_options: CorpusOptions = CorpusOptions(), *,
                 overwrite: bool = False, progress: bool = True) -> BuildSummary:
-    """Build (or resume) the index at ``out``. Under torchrun every rank calls this."""
+    """Build (or resume) the index at ``out``. Under torchrun every rank calls this; every
+    rank raises the same TdaError when the build cannot go on."""
     started = time.perf_counter()
-    ranks = D.init(timeout_s=options.collective_timeout_min * 60)
+    ranks = distributed.init(timeout_s=options.collective_timeout_min * 60)
     lock = IndexLock(out, "tda index")
     try:
         _on_main(ranks, lambda: lock.__enter__() and None)   # one build per index at a time
         return _build(ranks, Path(model_dir), corpus, str(out), config, options,
-                      corpus_options, optimizer_state, estimate_examples, overwrite, progress,
-                      started)
+                      corpus_options, overwrite, progress, started)
     finally:
         lock.__exit__()
-        D.shutdown()
+        distributed.shutdown()
 
 
-def _on_main(ranks: D.Ranks, fn):
-    """Run fn on rank 0 and hand its result (or its error) to every rank."""
-    result, error = None, None
+def _on_main(ranks: distributed.Ranks, fn):
+    """Run ``fn`` on rank 0 and hand its result to every rank. A TdaError there is raised on
+    every rank as the same error (same type and message); any other error is raised on rank 0
+    with its traceback, and on the others as a BuildError naming it, so no rank waits forever
+    in a collective."""
+    if not ranks.distributed:
+        return fn()
+    result, error, failure = None, None, None
     if ranks.is_main:
         try:
             result = fn()
-        except (CorpusError, IndexError_, BuildError, IndexBusy, ValueError,
-                FileNotFoundError) as e:
-            error = (type(e).__name__, str(e))
-    result, error = D.broadcast(ranks, (result, error))
-    if error:
-        raise BuildError(error[1])
+        except TdaError as e:
+            error = e
+        except BaseException as e:
+            failure = e
+    result, error, crash = distributed.broadcast(
+        ranks, (result, error, None if failure is None else f"{type(failure).__name__}: "
+                                                            f"{failure}"))
+    if failure is not None:
+        raise failure
+    if error is not None:
+        raise error
+    if crash is not None:
+        raise BuildError(f"rank 0 failed ({crash}); see its output")
     return result
 
 
-def _build(ranks, model_dir, corpus, out, config, options, corpus_options, optimizer_state,
-           estimate_examples, overwrite, progress, started) -> BuildSummary:
+def _build(ranks, model_dir, corpus, out, config, options, corpus_options, overwrite, progress,
+           started) -> BuildSummary:
     files = _on_main(ranks, lambda: [str(p) for p in corpus_files(corpus)])
     scan: CorpusScan = _on_main(ranks, lambda: scan_corpus(files, corpus_options))
     if scan.documents == 0:
@@ -108,28 +124,29 @@ def _build(ranks, model_dir, corpus, out, config, options, corpus_options, optim
     fp = _on_main(ranks, lambda: model_fingerprint(model_dir))
 
     if overwrite and ranks.is_main:
-        _remove(out)
-    D.barrier(ranks)
+        location.remove(out)
+    distributed.barrier(ranks)
     moments = _second_moments(ranks, model, tokenizer, model_dir, files, corpus_options,
-                              config, optimizer_state, estimate_examples, out)
+                              config, options, out)
     if options.fsdp:
         if not ranks.distributed:
             raise BuildError("--fsdp needs several ranks: launch with torchrun")
-        model = D.fully_shard_model(model, ranks)
+        model = distributed.fully_shard_model(model, ranks)
     featurizer = Featurizer(model, tokenizer, config, optimizer_state=moments)
     manifest = Manifest(
-        model={"path": str(model_dir.resolve()), "fingerprint": fp,
-               "architecture": type(model).__name__.replace("FSDP", ""),
-               "tokenizer": type(tokenizer).__name__},
-        featurizer=featurizer.manifest(),
-        corpus={"files": [{"name": str(Path(f).resolve()), "fingerprint": fingerprint(Path(f))}
-                          for f in files],
-                "options": asdict(corpus_options), "documents": scan.documents},
-        layout={"shard_size": options.shard_size, "storage_dtype": options.storage_dtype},
+        model=ModelRecord(path=str(model_dir.resolve()), fingerprint=fp,
+                          architecture=type(model).__name__.replace("FSDP", ""),
+                          tokenizer=type(tokenizer).__name__),
+        engine=featurizer.record(),
+        corpus=CorpusRecord(files=tuple(CorpusFile(str(Path(f).resolve()), fingerprint(Path(f)))
+                                        for f in files),
+                            options=corpus_options, documents=scan.documents),
+        layout=Layout(shard_size=options.shard_size, storage_dtype=options.storage_dtype),
+        build=BuildRecord(index=options, ranks=ranks.world),
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         tool_version=__version__)
-    n_shards = -(-scan.documents // options.shard_size)
-    todo, already = _on_main(ranks, lambda: _open_or_create(out, manifest, n_shards, moments))
+    n_shards = manifest.n_shards
+    todo, already = _on_main(ranks, lambda: _open_or_create(out, manifest, moments))
     store = IndexStore.open(out, mode="r+")
     mine = todo[ranks.rank::ranks.world]
 
@@ -139,34 +156,23 @@ def _build(ranks, model_dir, corpus, out, config, options, corpus_options, optim
                            skipped_examples=scan.examples_of_bad + scan.examples_of_empty)
     written, examples, tokens = _featurize_shards(ranks, featurizer, store, files,
                                                   corpus_options, options, mine, progress)
-    totals = D.gather(ranks, (written, examples, tokens))    # every rank's shards are written
+    totals = distributed.gather(ranks, (written, examples, tokens))   # all shards written
     summary.shards_written = sum(t[0] for t in totals)
     if ranks.is_main:          # the other ranks are done; rank 0 checks and builds BM25 alone
-        complete = store.complete_shards()
-        missing = sorted(set(range(n_shards)) - set(complete))
+        missing = store.unfinished_shards()
         if missing:
             raise BuildError(f"{out}: shards {missing[:10]} are still incomplete; rerun the "
                              f"same command to finish them")
-        summary.examples = sum(complete.values())
+        summary.examples = sum(store.complete_shards().values())
         if options.bm25:
-            summary.bm25_documents = _build_bm25(store, n_shards)
+            summary.bm25_documents = _build_bm25(store)
     summary.tokens = sum(t[2] for t in totals)
     summary.seconds = round(time.perf_counter() - started, 2)
     summary.tokens_per_s = round(summary.tokens / max(summary.seconds, 1e-9), 1)
     return summary
 
 
-def _remove(out: str) -> None:
-    if "://" in out and not out.startswith("file://"):
-        import fsspec
-        fs, path = fsspec.core.url_to_fs(out)
-        if fs.exists(path):
-            fs.rm(path, recursive=True)
-    elif Path(out).exists():
-        shutil.rmtree(out)
-
-
-def _open_or_create(out: str, manifest: Manifest, n_shards: int,
+def _open_or_create(out: str, manifest: Manifest,
                     moments: SecondMoments | None) -> tuple[list[int], int]:
     """Create the index, or check that the existing one was built with the same settings, and
     make sure it holds the second moments. Returns (shards to build, shards already complete)."""
@@ -174,55 +180,58 @@ def _open_or_create(out: str, manifest: Manifest, n_shards: int,
         store = IndexStore.open(out, mode="r+")
     except IndexMissing:
         store = IndexStore.create(out, manifest)
-    except IndexError_ as e:
-        raise BuildError(f"{e}; choose another --out (or --overwrite to replace it)") from None
+    except NotAnIndex as e:
+        raise NotAnIndex(f"{e}; choose another --out (or --overwrite to replace it)") from None
+    except IndexUnusable as e:
+        raise type(e)(f"{e}; use another --out, or --overwrite to replace it") from None
     else:
         diffs = store.manifest.differences(manifest)
         if diffs:
-            raise BuildError(f"{out} is an index built with other settings; refusing to mix "
-                             f"(" + "; ".join(diffs[:5]) + "). Use another --out, or "
-                             "--overwrite to replace it.")
+            raise SettingsMismatch(f"{out} is an index built with other settings; refusing to "
+                                   f"mix (" + "; ".join(diffs[:5]) + "). Use another --out, or "
+                                   "--overwrite to replace it.")
     if moments is not None and store.read_moments() is None:
         store.write_moments(moments)
+    unreadable = store.unreadable_shards()
+    for shard, why in sorted(unreadable.items()):
+        log.warning(f"rebuilding {out}: shard {shard:06d}: metadata unreadable ({why})")
+        store.drop_shard(shard)
     for shard in sorted(store.complete_shards()):      # resuming: trust no shard unchecked
         problem = store.verify_shard(shard)
         if problem:
-            print(f"tda index: rebuilding {problem}", file=sys.stderr)
+            log.warning(f"rebuilding {problem}")
             store.drop_shard(shard)
     complete = store.complete_shards()
-    stray = sorted(i for i in complete if i >= n_shards)
+    stray = sorted(i for i in complete if i >= manifest.n_shards)
     if stray:
         raise BuildError(f"{out}: has shards beyond the corpus ({stray[:5]}): not this corpus")
-    return [i for i in range(n_shards) if i not in complete], len(complete)
+    return [i for i in range(manifest.n_shards) if i not in complete], len(complete)
 
 
 def _second_moments(ranks, model, tokenizer, model_dir, files, corpus_options, config,
-                    optimizer_state, estimate_examples, out) -> SecondMoments | None:
+                    options: IndexOptions, out) -> SecondMoments | None:
     """The optimizer state to correct with: the given path, else the model directory's, else an
     estimate from the first corpus documents (stored in the index and reused on resume)."""
     if config.correction == "none":
         return None
     factored = config.correction == "factored"
-    source = Path(optimizer_state) if optimizer_state else None
-    if source is None and any((model_dir / f).is_file() for f in (OWN_FILE, TRAINER_FILE)):
+    source = Path(options.optimizer_state) if options.optimizer_state else None
+    if source is None and has_state_file(model_dir):
         source = model_dir
     if source is not None:
-        try:
-            return load_second_moments(source, model, factors_only=factored)
-        except (FileNotFoundError, ValueError) as e:
-            raise BuildError(str(e)) from None
+        return load_second_moments(source, model, factors_only=factored)
 
     def estimate():
         try:                  # a resumed build reuses the estimate stored in its index
             stored = IndexStore.open(out).read_moments()
-        except IndexError_:
+        except IndexUnusable:
             stored = None
         if stored is not None and stored.optimizer == "estimated":
             return stored
         texts = []
         for doc in valid_documents(files, corpus_options):
             texts.append(doc.text)
-            if len(texts) >= estimate_examples:
+            if len(texts) >= options.estimate_examples:
                 break
         moments = estimate_from_texts(model, tokenizer, texts, config)
         return moments.factored() if factored else moments
@@ -231,13 +240,13 @@ def _second_moments(ranks, model, tokenizer, model_dir, files, corpus_options, c
 
 
 def _featurize_shards(ranks, featurizer: Featurizer, store: IndexStore, files, corpus_options,
-                      options: IndexOptions, mine: list[int], progress: bool):
+                      options: IndexOptions, mine: list[int], show_progress: bool):
     """Featurize and write this rank's shards. With FSDP every rank steps in lockstep (a rank
     without work runs a throwaway batch) because each forward gathers weights from all ranks."""
     max_len = featurizer.config.max_len
-    n_docs = store.manifest.corpus["documents"]
-    bar = _progress(ranks, progress,
-                    sum(min(options.shard_size, n_docs - s * options.shard_size) for s in mine))
+    layout, corpus_documents = store.manifest.layout, store.manifest.corpus.documents
+    bar = _Bar(sum(layout.documents_in(s, corpus_documents) for s in mine), ranks.world) \
+        if show_progress and ranks.is_main else None
     written = examples = tokens = 0
 
     def work():
@@ -254,14 +263,14 @@ def _featurize_shards(ranks, featurizer: Featurizer, store: IndexStore, files, c
         if options.fsdp else None
     while True:
         item = next(items, None)
-        if options.fsdp and not D.any_true(ranks, item is not None):
+        if options.fsdp and not distributed.any_true(ranks, item is not None):
             break
         if item is None:
             if not options.fsdp:
                 break
             featurizer.featurize_batch(dummy)
             continue
-        shard, rows, idx, last, n_docs = item
+        shard, rows, idx, last, shard_docs = item
         feats = featurizer.featurize_batch(collate([rows.sequences[i] for i in idx],
                                                    featurizer.pad_id))
         rows.fill(idx, feats.vectors.numpy(), feats.norm.numpy(), feats.loss.numpy(),
@@ -269,9 +278,9 @@ def _featurize_shards(ranks, featurizer: Featurizer, store: IndexStore, files, c
         n_tok = int(feats.n_tokens.sum())
         tokens += n_tok
         if bar:
-            bar.advance(n_tok, n_docs if last else 0)
+            bar.advance(n_tok, shard_docs if last else 0)
         if last:
-            store.write_shard(shard, rows, options.storage_dtype)
+            store.write_shard(shard, rows)
             written += 1
             examples += len(rows)
     if bar:
@@ -282,12 +291,12 @@ def _featurize_shards(ranks, featurizer: Featurizer, store: IndexStore, files, c
 def _bm25_ok(path: Path, documents: int) -> bool:
     """The Lucene index opens and holds the number of documents it was built with."""
     try:
-        return path.is_dir() and len(lucene.BM25(path)) == documents
+        return path.is_dir() and len(bm25.BM25(path)) == documents
     except Exception:  # noqa: BLE001 - any failure to open means: rebuild it
         return False
 
 
-def _build_bm25(store: IndexStore, n_shards: int) -> int | None:
+def _build_bm25(store: IndexStore) -> int | None:
     """Lucene index of every example's text under the index directory (local indexes)."""
     path = store.bm25_path
     if path is None:
@@ -299,13 +308,13 @@ def _build_bm25(store: IndexStore, n_shards: int) -> int | None:
     shutil.rmtree(tmp, ignore_errors=True)
 
     def docs():
-        for s in range(n_shards):
+        for s in range(store.manifest.n_shards):
             data = store.read_shard(s, ("ids", "doc_ids", "text"))
             for row, (i, d, t) in enumerate(zip(data["ids"].tolist(), data["doc_ids"].tolist(),
                                                 data["text"].tolist())):
                 yield {"id": i, "contents": t, "doc_id": d, "shard": s, "row": row}
 
-    n = lucene.build(tmp, docs())
+    n = bm25.build(tmp, docs())
     crash_point("bm25")
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
@@ -317,12 +326,13 @@ class _Bar:
     """Rank 0's progress: documents, tokens/s, ETA."""
 
     def __init__(self, total_docs: int, world: int):
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+        from rich.progress import (BarColumn, MofNCompleteColumn, TextColumn,
                                    TimeElapsedColumn, TimeRemainingColumn)
-        self.progress = Progress(TextColumn("[bold]index[/] rank 0/{task.fields[world]}"),
-                                 BarColumn(), MofNCompleteColumn(), TextColumn("docs"),
-                                 TextColumn("{task.fields[tps]} tok/s"), TimeElapsedColumn(),
-                                 TextColumn("ETA"), TimeRemainingColumn())
+        self.progress = progress_bar(TextColumn("[bold]index[/] rank 0/{task.fields[world]}"),
+                                     BarColumn(), MofNCompleteColumn(), TextColumn("docs"),
+                                     TextColumn("{task.fields[tps]} tok/s"),
+                                     TimeElapsedColumn(), TextColumn("ETA"),
+                                     TimeRemainingColumn())
         self.task = self.progress.add_task("index", total=total_docs, world=world, tps="-")
         self.tokens = 0
         self.start = time.perf_counter()
@@ -335,7 +345,3 @@ class _Bar:
 
     def close(self) -> None:
         self.progress.stop()
-
-
-def _progress(ranks, enabled: bool, total: int):
-    return _Bar(total, ranks.world) if enabled and ranks.is_main else None

@@ -8,8 +8,9 @@ from typing import Iterator
 
 import numpy as np
 
-from tda.engine.batching import Sequence
-from tda.indexer.readers import CorpusError, read_corpus
+from tda.engine.batching import TokenSequence
+from tda.errors import CorpusError
+from tda.indexer.readers import read_corpus
 from tda.schemas.corpus import BadRecord, CorpusOptions, Document
 
 MAX_REPORTED = 20
@@ -93,7 +94,7 @@ class Example:
     id: str
     doc_id: str
     text: str
-    sequence: Sequence
+    sequence: TokenSequence
 
 
 def chunk_document(doc: Document, tokenizer, max_len: int) -> list[Example]:
@@ -107,14 +108,14 @@ def chunk_document(doc: Document, tokenizer, max_len: int) -> list[Example]:
     if n < 2:
         return []
     if n <= max_len:
-        return [Example(doc.id, doc.id, doc.text, Sequence(tuple(ids), 1))]
+        return [Example(doc.id, doc.id, doc.text, TokenSequence(tuple(ids), 1))]
     pieces = -(-n // max_len)
     out = []
     for j in range(pieces):
         start, end = j * n // pieces, (j + 1) * n // pieces
         spans = [o for o in offsets[start:end] if o[1] > o[0]]
         text = doc.text[spans[0][0]:spans[-1][1]] if spans else ""
-        out.append(Example(f"{doc.id}#{j}", doc.id, text, Sequence(tuple(ids[start:end]), 1)))
+        out.append(Example(f"{doc.id}#{j}", doc.id, text, TokenSequence(tuple(ids[start:end]), 1)))
     return out
 
 

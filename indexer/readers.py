@@ -4,23 +4,19 @@ streamed record by record. Each yields Documents, or BadRecords naming file, lin
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from pathlib import Path
 from typing import Iterator
 
+from tda.errors import CorpusError, one_line
 from tda.schemas.corpus import BadRecord, CorpusOptions, Document
+from tda.schemas.jsonl import BOM, jsonl_lines
 
 JSONL = (".jsonl", ".json", ".ndjson")
 TEXT = (".txt", ".text")
 PARQUET = (".parquet",)
 Record = Document | BadRecord
-BOM = "\ufeff"                       # a UTF-8 byte order mark opening a file is not text
 _SURROGATE = re.compile("[\ud800-\udfff]")   # JSON \ud800 escapes give unencodable strings
-
-
-class CorpusError(ValueError):
-    """The corpus cannot be read as asked; the message names the file (and line)."""
 
 
 def is_hf_dataset(path: Path) -> bool:
@@ -89,39 +85,14 @@ def _record(source: str, line: int, doc_id, text, options: CorpusOptions) -> Rec
     return Document(doc_id, text, source, line)
 
 
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split())
-
-
 def _read_jsonl(path: Path, options: CorpusOptions) -> Iterator[Record]:
     source = str(path)
-    with path.open("rb") as f:
-        for line_no, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                yield BadRecord(source, line_no, f"not UTF-8 (byte {e.start})")
-                continue
-            if line_no == 1:
-                line = line.removeprefix(BOM)
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                yield BadRecord(source, line_no, f"malformed JSON: {e.msg} at column {e.colno}")
-                continue
-            except ValueError as e:      # an integer of over 4300 digits
-                yield BadRecord(source, line_no, f"malformed JSON: {_one_line(e)[:200]}")
-                continue
-            except RecursionError:
-                yield BadRecord(source, line_no, "malformed JSON: nested too deeply")
-                continue
-            if not isinstance(rec, dict):
-                yield BadRecord(source, line_no, f"a JSON {type(rec).__name__}, not an object")
-                continue
-            doc_id = rec.get(options.id_field) if options.id_field else f"{path.name}:{line_no}"
-            yield _record(source, line_no, doc_id, rec.get(options.text_field), options)
+    for line_no, rec in jsonl_lines(path):
+        if isinstance(rec, str):
+            yield BadRecord(source, line_no, rec)
+            continue
+        doc_id = rec.get(options.id_field) if options.id_field else f"{path.name}:{line_no}"
+        yield _record(source, line_no, doc_id, rec.get(options.text_field), options)
 
 
 def _read_text(path: Path, options: CorpusOptions) -> Iterator[Record]:
@@ -154,7 +125,7 @@ def _read_parquet(path: Path, options: CorpusOptions) -> Iterator[Record]:
     try:    # pages written with checksums are verified: corrupt pages fail, not mislead
         pf = pq.ParquetFile(path, page_checksum_verification=True)
     except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a bad file
-        raise CorpusError(f"{path}: not a readable Parquet file: {_one_line(e)}") from None
+        raise CorpusError(f"{path}: not a readable Parquet file: {one_line(e)}") from None
     columns = [c for c in (options.id_field, options.text_field) if c]
     missing = [c for c in columns if c not in pf.schema_arrow.names]
     if missing:
@@ -167,7 +138,7 @@ def _read_parquet(path: Path, options: CorpusOptions) -> Iterator[Record]:
             data = batch.to_pydict() if batch is not None else None
         except (OSError, ValueError) as e:
             raise CorpusError(f"{path}: unreadable Parquet data after row {row}: "
-                              f"{_one_line(e)}") from None
+                              f"{one_line(e)}") from None
         if data is None:
             break
         for i, text in enumerate(data[options.text_field]):
@@ -184,7 +155,7 @@ def _read_dataset(path: Path, options: CorpusOptions) -> Iterator[Record]:
         ds = datasets.load_from_disk(str(path))
     except Exception as e:  # noqa: BLE001 - datasets raises many types for these
         raise CorpusError(f"{path}: not a readable datasets directory: "
-                          f"{type(e).__name__}: {_one_line(e)}") from None
+                          f"{type(e).__name__}: {one_line(e)}") from None
     if isinstance(ds, datasets.DatasetDict):
         raise CorpusError(f"{path}: a DatasetDict with splits {list(ds)}; pass one split's "
                           f"directory, e.g. {path / next(iter(ds))}")
@@ -196,7 +167,7 @@ def _read_dataset(path: Path, options: CorpusOptions) -> Iterator[Record]:
     try:    # arrow files are memory-mapped unchecked: corrupt offsets would crash the reader
         ds.data.table.validate(full=True)
     except (OSError, ValueError) as e:
-        raise CorpusError(f"{path}: corrupt datasets data: {_one_line(e)}") from None
+        raise CorpusError(f"{path}: corrupt datasets data: {one_line(e)}") from None
     row = 0
     for batch in ds.iter(batch_size=1024):
         for i, text in enumerate(batch[options.text_field]):

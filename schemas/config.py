@@ -1,26 +1,25 @@
-"""Typed configuration of the TrackStar featurizer.
+"""Typed configuration of the TrackStar featurizer (the engine).
 
-Each field's ``metadata["help"]`` is its documentation; the CLI turns it into ``--help`` text.
+Each field's documentation (``schemas.fields.doc``) is also its ``--help`` text.
 """
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
+
+from tda.errors import ConfigError
+from tda.schemas.fields import doc, from_data, to_data
 
 Correction = Literal["factored", "exact", "none"]
 CORRECTIONS: tuple[str, ...] = ("factored", "exact", "none")
 DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16", "float64")
 
 
-def doc(text: str, **kw: Any) -> Any:
-    """A dataclass field whose help text is ``text``."""
-    return field(metadata={"help": text}, **kw)
-
-
 @dataclass(frozen=True)
 class TrackStarConfig:
-    """How training examples and queries become TrackStar vectors (DESIGN.md section 1)."""
+    """How training examples and queries become TrackStar vectors (docs/design.md, "The
+    method")."""
 
     projection_dim: int = doc(
         "Per-side projection size k of one sketch P_out^T G P_in: k*k features.", default=16)
@@ -53,30 +52,27 @@ class TrackStarConfig:
 
     def __post_init__(self) -> None:
         if self.projection_dim < 1:
-            raise ValueError(f"projection_dim must be >= 1, got {self.projection_dim}")
+            raise ConfigError(f"projection_dim must be >= 1, got {self.projection_dim}")
         if self.projection_blocks < 1:
-            raise ValueError(f"projection_blocks must be >= 1, got {self.projection_blocks}")
+            raise ConfigError(f"projection_blocks must be >= 1, got {self.projection_blocks}")
         if self.correction not in CORRECTIONS:
-            raise ValueError(f"correction must be one of {CORRECTIONS}, got {self.correction!r}")
+            raise ConfigError(f"correction must be one of {CORRECTIONS}, got {self.correction!r}")
         if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+            raise ConfigError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         if self.epsilon < 0:
-            raise ValueError(f"epsilon must be >= 0, got {self.epsilon}")
+            raise ConfigError(f"epsilon must be >= 0, got {self.epsilon}")
         if self.max_len < 2:
-            raise ValueError(f"max_len must be >= 2 tokens, got {self.max_len}")
+            raise ConfigError(f"max_len must be >= 2 tokens, got {self.max_len}")
         if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return to_data(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrackStarConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown TrackStarConfig fields: {sorted(unknown)}")
-        return cls(**data)
+        """From ``to_dict`` output: unknown fields are a ConfigError, missing ones default."""
+        return from_data(cls, data)
 
     def replace(self, **changes: Any) -> "TrackStarConfig":
         return dataclasses.replace(self, **changes)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from tda.schemas.config import doc
+from tda.schemas.fields import doc
 
 
 @dataclass(frozen=True)

@@ -1,132 +1,188 @@
-"""The index on disk (Zarr v3), as a contract between indexer and searcher.
+"""The index manifest: what an index is, as typed, versioned records.
 
-Layout of one index group::
+The manifest is the contract between the indexer (which writes it once, when it creates the
+index) and everything that reads an index (searcher, precondition, info, verify, evaluation).
+It is stored as the ``tda`` attribute of the index's root ``zarr.json`` (layout of the rest of
+the index: ``store/layout.py`` and docs/design.md, "The index on disk"); ``Manifest.to_dict``
+and ``Manifest.from_dict`` are its only writer and reader.
 
-    zarr.json                 group attributes: {"tda": manifest, "bm25": {...} once built}
-    shards/<NNNNNN>/          one per block of ``shard_size`` consecutive corpus documents
-        vectors  [rows, d]    float16 (or bfloat16 stored as uint16), unit rows
-        ids      [rows]       example ids: DOCID, or DOCID#N for chunk N of a long document
-        doc_ids  [rows]       the document each row came from
-        text     [rows]       the example's text
-        n_tokens [rows] int32, loss [rows] float32 (nats), norm [rows] float32 (before normalizing)
-        attributes "complete": {"rows", "checksum"} written last: a shard without it does not
-        exist
-    second_moments/           the optimizer second moments the vectors were corrected with
-                              (row/column factors, or full for the exact correction)
-    bm25/                     Lucene index over the same ids (local paths)
-    profiles/<name>/          correction profiles (see the Hessian issue)
+Versions. ``schema_version`` says how to read the manifest and the data it describes. A change
+that an older reader would misread (a field changing meaning, data laid out differently)
+bumps ``SCHEMA_VERSION``; an unknown version is refused with a message that says how to
+rebuild. Adding information is not such a change: a new *optional* field (with a default, so
+manifests that lack it still read) keeps the version, as the ``build`` record does here
+(manifests of tda 0.1.0 have none). To add one: give the record a field with a default
+(``None`` or an empty value), write it in the indexer, and read it where it is used, handling
+the default. A reader older than the field refuses the manifest ("unknown fields"): it never
+silently ignores what it does not understand.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-from tda.schemas.config import doc
+from tda.errors import SchemaVersionMismatch
+from tda.schemas.config import TrackStarConfig
+from tda.schemas.corpus import CorpusOptions
+from tda.schemas.fields import from_data, to_data
+from tda.schemas.options import IndexOptions
 
 SCHEMA_VERSION = 1
-MANIFEST_KEY = "tda"
-BM25_KEY = "bm25"
-COMPLETE_KEY = "complete"
-SHARDS = "shards"
-BM25_DIR = "bm25"
-PROFILES = "profiles"
-MOMENTS = "second_moments"
-ROW_ARRAYS = ("vectors", "ids", "doc_ids", "text", "n_tokens", "loss", "norm")
-
-
-def shard_name(index: int) -> str:
-    return f"{index:06d}"
 
 
 @dataclass(frozen=True)
-class IndexOptions:
-    """How the index is laid out and built (besides the featurizer's TrackStarConfig)."""
+class ModelRecord:
+    """The model the vectors come from (queries must use the same one)."""
 
-    shard_size: int = doc("Documents per shard: the unit of work, of resuming and of search "
-                          "fan-out.", default=4096)
-    storage_dtype: Literal["float16", "bfloat16"] = doc("dtype of the stored unit vectors.",
-                                                        default="float16")
-    batch_tokens: int = doc("Token budget of one forward/backward batch (padding included); "
-                            "examples are bucketed by length.", default=8192)
-    fsdp: bool = doc("Shard the model over ranks with FSDP2 (for models that do not fit one "
-                     "device); ranks then step in lockstep.", default=False)
-    bm25: bool = doc("Also build the Lucene BM25 index of the same examples (rank 0, after "
-                     "the gradients; for huge corpora build it later without torchrun).",
-                     default=True)
-    collective_timeout_min: float = doc(
-        "Minutes a rank waits in a collective, e.g. while rank 0 alone scans the corpus "
-        "(~4 min per 64 GB of JSON Lines).", default=240.0)
-
-    def __post_init__(self) -> None:
-        if self.shard_size < 1:
-            raise ValueError(f"shard_size must be >= 1, got {self.shard_size}")
-        if self.batch_tokens < 2:
-            raise ValueError(f"batch_tokens must be >= 2, got {self.batch_tokens}")
+    path: str                    # resolved model directory at build time
+    fingerprint: str             # engine.model.model_fingerprint (16 hex of a sha256)
+    architecture: str            # the Hugging Face class, e.g. GPT2LMHeadModel
+    tokenizer: str               # the tokenizer's class name
 
 
 @dataclass(frozen=True)
-class PreconditionOptions:
-    """Which correction R a profile applies (DESIGN.md section 1)."""
+class TrackedWeightRecord:
+    """One tracked weight and its projection: phi_W = P_out^T G P_in, ``blocks`` independent
+    [k, k] sketches, ``dim`` = blocks*k*k columns of the vectors (in tracked order)."""
 
-    mode: Literal["auto", "none", "train", "mixed"] = doc(
-        "R: 'none' (identity, the ablation), 'train' (R_train), 'mixed' (lambda R_eval + "
-        "(1 - lambda) R_train, needs --queries); auto: mixed with --queries, else train.",
-        default="auto")
-    train_sample: int = doc("Training vectors sampled (uniformly, seeded) for R_train.",
-                            default=4096)
-    components: int = doc("K: lambda makes the K-th largest eigenvalues of lambda R_eval and "
-                          "(1 - lambda) R_train equal; 0 means 1.5% of d (the paper's 1,000 "
-                          "of 65,536).", default=0)
-    damping: float = doc("Added to each block's eigenvalues before the inverse square root, "
-                         "as a fraction of the block's mean eigenvalue.", default=0.01)
-    seed: int = doc("Seed of the training sample.", default=0)
-
-    def __post_init__(self) -> None:
-        if self.train_sample < 1:
-            raise ValueError(f"train_sample must be >= 1, got {self.train_sample}")
-        if self.components < 0:
-            raise ValueError(f"components must be >= 0, got {self.components}")
-        if self.damping <= 0:
-            raise ValueError(f"damping must be > 0, got {self.damping}")
+    name: str                          # module path; projection seeds are keyed by it
+    param: str                         # canonical parameter name (second moments are keyed by it)
+    shape_out_in: tuple[int, int]      # G's shape [out, in]
+    k: int
+    blocks: int
+    dim: int
 
 
-@dataclass
+@dataclass(frozen=True)
+class SecondMomentSource:
+    """Where the optimizer second moments V came from (the moments themselves are stored in
+    the index's ``second_moments/`` group)."""
+
+    source: str                  # a file path, or "estimated: ..." when estimated from texts
+    optimizer: str               # adam | adafactor | adam+adafactor | estimated
+
+
+@dataclass(frozen=True)
+class EngineRecord:
+    """Everything needed to compute the same vectors again (queries, ablations). Stored under
+    the manifest key ``featurizer`` (its name in schema version 1)."""
+
+    config: TrackStarConfig
+    dim: int                                     # d: sum of the tracked weights' dims
+    tracked: tuple[TrackedWeightRecord, ...]
+    second_moments: SecondMomentSource | None    # None when config.correction == "none"
+
+    @property
+    def block_dims(self) -> list[int]:
+        """Width of each tracked weight's column block of the vectors, in order."""
+        return [t.dim for t in self.tracked]
+
+
+@dataclass(frozen=True)
+class CorpusFile:
+    name: str                    # resolved path
+    fingerprint: str             # indexer.readers.fingerprint: sizes + first/last MiB, sha256
+
+
+@dataclass(frozen=True)
+class CorpusRecord:
+    """The corpus read, how it was read, and how many documents it gave."""
+
+    files: tuple[CorpusFile, ...]
+    options: CorpusOptions
+    documents: int               # valid (indexed) documents, in corpus order
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How examples are laid out in shards (what every reader needs)."""
+
+    shard_size: int              # documents per shard: shard s holds documents [s*n, (s+1)*n)
+    storage_dtype: str           # float16, or bfloat16 stored as uint16 bits
+
+    def shard_count(self, documents: int) -> int:
+        """Shards of a corpus of ``documents`` documents."""
+        return -(-documents // self.shard_size)
+
+    def documents_in(self, shard: int, documents: int) -> int:
+        """Documents in shard ``shard`` of a corpus of ``documents`` (the last may be short)."""
+        return max(0, min(self.shard_size, documents - shard * self.shard_size))
+
+
+@dataclass(frozen=True)
+class BuildRecord:
+    """The resolved options of the build that created the index (the engine's TrackStarConfig
+    is ``engine.config``): enough to rerun it. Optional: tda 0.1.0 did not record it."""
+
+    index: IndexOptions
+    ranks: int = 1                                # processes of the creating run
+
+
+@dataclass(frozen=True)
 class Manifest:
     """What an index is: enough to refuse mixing and to reproduce query vectors."""
 
-    model: dict[str, Any]          # path, fingerprint, architecture, tokenizer
-    featurizer: dict[str, Any]     # Featurizer.manifest(): config, dim, tracked, second moments
-    corpus: dict[str, Any]         # files with fingerprints, reader options, documents
-    layout: dict[str, Any]         # shard_size, storage_dtype
+    model: ModelRecord
+    engine: EngineRecord
+    corpus: CorpusRecord
+    layout: Layout
+    build: BuildRecord | None = None
     created: str = ""
     tool_version: str = ""
     schema_version: int = SCHEMA_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
 
+    # ------------------------------------------------------------------ reading and writing
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The manifest as stored (JSON-ready): the engine record under ``featurizer``."""
+        data = to_data(self)
+        data["featurizer"] = data.pop("engine")
+        if data["build"] is None:
+            del data["build"]
+        return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Manifest":
-        if data.get("schema_version") != SCHEMA_VERSION:
-            raise ValueError(f"index schema version {data.get('schema_version')} is not "
-                             f"{SCHEMA_VERSION}, the one this tda reads")
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+    def from_dict(cls, data: Any, where: str = "index") -> "Manifest":
+        """Read a stored manifest; ``where`` (the index path) starts every error message.
+        Another schema version is a SchemaVersionMismatch that says how to rebuild; missing,
+        unknown or malformed fields are too (this tda cannot read that manifest)."""
+        version = data.get("schema_version") if isinstance(data, dict) else None
+        if version != SCHEMA_VERSION:
+            raise SchemaVersionMismatch(
+                f"{where}: index schema version {version!r}, but this tda reads version "
+                f"{SCHEMA_VERSION}; rebuild the index with this tda (`tda index` with the same "
+                f"model and corpus into a new --out, or --overwrite), or read it with the tda "
+                f"version that wrote it")
+        data = dict(data)
+        if "featurizer" in data:
+            data["engine"] = data.pop("featurizer")
+        try:
+            return from_data(cls, data, "manifest", SchemaVersionMismatch)
+        except SchemaVersionMismatch as e:
+            raise SchemaVersionMismatch(
+                f"{where}: the manifest does not read as schema version {SCHEMA_VERSION} ({e}); "
+                f"written by another tda? Rebuild the index with this one (`tda index ... "
+                f"--overwrite`)") from None
 
+    # ------------------------------------------------------------------ derived
     @property
     def dim(self) -> int:
-        return int(self.featurizer["dim"])
+        return self.engine.dim
+
+    @property
+    def n_shards(self) -> int:
+        """Shards the corpus fills."""
+        return self.layout.shard_count(self.corpus.documents)
 
     def settings(self) -> dict[str, Any]:
         """What must be equal for two builds to write into the same index (not batch sizes,
         not paths, not times)."""
-        cfg = {k: v for k, v in self.featurizer["config"].items() if k != "batch_size"}
-        return {"model": self.model["fingerprint"], "featurizer": cfg,
-                "second_moments": self.featurizer.get("second_moments"),
-                "corpus": [(f["name"], f["fingerprint"]) for f in self.corpus["files"]],
-                "reader": self.corpus["options"], "layout": self.layout}
+        cfg = {k: v for k, v in self.engine.config.to_dict().items() if k != "batch_size"}
+        moments = self.engine.second_moments
+        return {"model": self.model.fingerprint, "featurizer": cfg,
+                "second_moments": None if moments is None else to_data(moments),
+                "corpus": [(f.name, f.fingerprint) for f in self.corpus.files],
+                "reader": to_data(self.corpus.options), "layout": to_data(self.layout)}
 
     def differences(self, other: "Manifest") -> list[str]:
         """Human-readable settings that differ between two manifests."""

@@ -1,28 +1,64 @@
-"""Reading JSON Lines records (queries, benchmark files) with errors that name FILE:LINE."""
+"""Reading JSON Lines: the one reader of every .jsonl tda takes (corpora, queries, search
+requests, benchmark and evaluation files), with errors that name FILE:LINE.
+
+``jsonl_lines`` yields every non-blank line's object, or the reason it is not one (bytes that
+are not UTF-8, malformed JSON, nesting too deep, an integer of over 4,300 digits, a JSON value
+that is not an object), so the corpus reader can skip and count bad records; ``read_jsonl``
+raises at the first bad line instead.
+"""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 from typing import Iterator
 
+from tda.errors import RecordError, TdaError
 
-class RecordError(ValueError):
-    """A JSON Lines record that cannot be used; the message starts with FILE:LINE."""
+BOM = "\ufeff"                       # a UTF-8 byte order mark opening a file is not text
 
 
-def read_jsonl(path: str | Path, error: type[ValueError] = RecordError
-               ) -> Iterator[tuple[int, dict]]:
-    """(1-based line number, object) for every non-blank line. A line that is not a JSON
-    object raises ``error`` naming the file and line."""
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())
+
+
+def jsonl_lines(path: str | Path) -> Iterator[tuple[int, dict | str]]:
+    """(1-based line number, object) for every non-blank line, or (line number, reason) for a
+    line that is not a JSON object."""
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield line_no, f"not UTF-8 (byte {e.start})"
+                continue
+            if line_no == 1:
+                line = line.removeprefix(BOM)
             if not line.strip():
                 continue
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
-                raise error(f"{path}:{n}: malformed JSON: {e.msg} at column {e.colno}") \
-                    from None
+                yield line_no, f"malformed JSON: {e.msg} at column {e.colno}"
+                continue
+            except ValueError as e:      # an integer of over 4300 digits
+                yield line_no, f"malformed JSON: {_one_line(e)[:200]}"
+                continue
+            except RecursionError:
+                yield line_no, "malformed JSON: nested too deeply"
+                continue
             if not isinstance(rec, dict):
-                raise error(f"{path}:{n}: a JSON {type(rec).__name__}, not an object")
-            yield n, rec
+                yield line_no, f"a JSON {type(rec).__name__}, not an object"
+                continue
+            yield line_no, rec
+
+
+def read_jsonl(path: str | Path, error: type[TdaError] = RecordError
+               ) -> Iterator[tuple[int, dict]]:
+    """(1-based line number, object) for every non-blank line. A line that is not a JSON
+    object raises ``error`` naming the file and line; so does a missing file."""
+    if not Path(path).exists():
+        raise error(f"{path}: no such file")
+    for n, rec in jsonl_lines(path):
+        if isinstance(rec, str):
+            raise error(f"{path}:{n}: {rec}")
+        yield n, rec

@@ -40,6 +40,8 @@ class Hit(BaseModel):
 
 
 class SearchResponse(BaseModel):
+    """The answer to one SearchRequest: up to k hits per requested list, best first."""
+
     schema_version: int = SEARCH_SCHEMA_VERSION
     prompt: str
     target: str
@@ -56,13 +58,19 @@ class SearchResponse(BaseModel):
                                                                    "corrupt (--allow-partial).")
 
 
-class Document(BaseModel):
-    id: str
-    doc_id: str
+class IndexedExample(BaseModel):
+    """One training example as indexed (``GET /documents/{id}``, ``Searcher.document``): a
+    corpus document, or one chunk of a long one. Not a corpus ``Document`` (schemas/corpus.py),
+    which is a record as read."""
+
+    id: str = Field(..., description="Example id (DOCID, or DOCID#N for a chunk).")
+    doc_id: str = Field(..., description="The corpus document it came from.")
     text: str
-    n_tokens: int
+    n_tokens: int = Field(..., description="Tokens of the example (special tokens included).")
     loss: float = Field(..., description="The model's summed NLL of the example, nats.")
 
 
 class HealthResponse(BaseModel):
+    """``GET /health``: the server is up."""
+
     status: Literal["ok"] = "ok"

@@ -3,20 +3,14 @@ from __future__ import annotations
 
 import httpx
 
-from tda.schemas.search import Document, SearchRequest, SearchResponse
-
-
-class SearchClientError(RuntimeError):
-    """The server answered with an error; ``status`` is its HTTP status."""
-
-    def __init__(self, status: int, detail: str):
-        super().__init__(f"HTTP {status}: {detail}")
-        self.status = status
-        self.detail = detail
+from tda.errors import ServerError
+from tda.schemas.search import IndexedExample, SearchRequest, SearchResponse
 
 
 class SearchClient:
-    """Client of `tda serve`. ``token``: the server's bearer token, if it has one."""
+    """Client of `tda serve` at ``url`` (e.g. http://127.0.0.1:8080). ``token``: the server's
+    bearer token, if it has one; ``timeout``: seconds per request. An error answer raises
+    ServerError (``.status``, ``.detail``)."""
 
     def __init__(self, url: str, token: str | None = None, timeout: float = 120.0):
         headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -29,22 +23,30 @@ class SearchClient:
                 detail = resp.json().get("detail", resp.text)
             except ValueError:
                 detail = resp.text
-            raise SearchClientError(resp.status_code, str(detail))
+            raise ServerError(resp.status_code, str(detail))
         return resp.json()
 
     def search(self, prompt: str, target: str | None = None, k: int = 10, mode: str = "both",
                profile: str | None = None) -> SearchResponse:
+        """As ``tda.Searcher.search`` (same arguments, same SearchResponse), over HTTP: which
+        training examples made the model say ``target`` after ``prompt``? ``target`` None:
+        the model's greedy continuation; ``k`` results per list; ``mode`` trackstar | bm25 |
+        both | fused; ``profile`` a correction profile or None. ServerError (HTTP 400) for a
+        request the index cannot answer or over the server's limits."""
         req = SearchRequest(prompt=prompt, target=target, k=k, mode=mode, profile=profile)
         return SearchResponse.model_validate(self._call("POST", "/search",
                                                         json=req.model_dump()))
 
-    def document(self, doc_id: str) -> Document:
-        return Document.model_validate(self._call("GET", f"/documents/{doc_id}"))
+    def document(self, doc_id: str) -> IndexedExample:
+        """One indexed example by id (ServerError 404 when unknown)."""
+        return IndexedExample.model_validate(self._call("GET", f"/documents/{doc_id}"))
 
     def info(self) -> dict:
+        """What the served index holds (``tda info --json``)."""
         return self._call("GET", "/info")
 
     def health(self) -> bool:
+        """True when the server answers /health."""
         return self._call("GET", "/health").get("status") == "ok"
 
     def close(self) -> None:

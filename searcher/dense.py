@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tda.indexer.store import CorruptShard, IndexStore
+from tda.errors import CorruptShard, IndexIncomplete
+from tda.store.index import IndexStore
 
 STREAM_ROWS = 65536
 # "np": no polysemous training. FAISS does it by default for PQ codes, but it only serves
@@ -31,18 +32,19 @@ def _faiss():
     return faiss
 
 
-def factory_string(kind: str, d: int, n: int, storage_dtype: str) -> str:
-    """The FAISS factory string for ``kind``: 'exact', 'hnsw', 'ivfpq' or a factory string."""
+def factory_string(faiss_index: str, d: int, n: int, storage_dtype: str) -> str:
+    """The FAISS factory string for ``faiss_index``: 'exact', 'hnsw', 'ivfpq' or a factory
+    string (returned as it is), for n vectors of dimension d."""
     sq = "SQfp16" if storage_dtype == "float16" else "SQbf16"
-    if kind == "exact":
+    if faiss_index == "exact":
         return sq
-    if kind == "hnsw":
+    if faiss_index == "hnsw":
         return APPROX["hnsw"].format(sq=sq)
-    if kind == "ivfpq":
+    if faiss_index == "ivfpq":
         nlist = max(1, min(4096, int(4 * np.sqrt(n))))
         m = max(1, next(mm for mm in (d // 16, d // 8, d // 4, d // 2, d) if d % mm == 0))
         return APPROX["ivfpq"].format(nlist=nlist, m=m)
-    return kind
+    return faiss_index
 
 
 @dataclass
@@ -69,18 +71,18 @@ def merge(results: list[GroupResult], k: int) -> GroupResult:
 class ShardGroup:
     """The vectors of some shards of one index, searchable (one per dask worker and group)."""
 
-    def __init__(self, index: str, shards: list[int], kind: str = "exact",
+    def __init__(self, index: str, shards: list[int], faiss_index: str = "exact",
                  memory_budget: int = 4 << 30, nprobe: int = 16, ef_search: int = 64,
                  profile: str | None = None, allow_partial: bool = False):
-        self.index, self.kind, self.profile = index, kind, profile
+        self.index, self.faiss_index, self.profile = index, faiss_index, profile
         self.store = IndexStore.open(index)
         manifest = self.store.manifest
         self.dim = manifest.dim
-        self.storage_dtype = manifest.layout["storage_dtype"]
+        self.storage_dtype = manifest.layout.storage_dtype
         status = self.store.complete_shards(profile)
         missing = [s for s in shards if s not in status]
         if missing:
-            raise ValueError(f"{index}: shards {missing[:5]} are not complete")
+            raise IndexIncomplete(f"{index}: shards {missing[:5]} are not complete")
         # every shard is read back and checked against its checksum before it is searched
         self.skipped: list[str] = []
         self.shards = []
@@ -107,7 +109,7 @@ class ShardGroup:
         self.owner = owner
         self.row = np.concatenate([np.arange(n, dtype=np.int64) for n in self.rows_per_shard]) \
             if self.shards else np.zeros(0, dtype=np.int64)
-        index = faiss.index_factory(self.dim, factory_string(self.kind, self.dim, self.n,
+        index = faiss.index_factory(self.dim, factory_string(self.faiss_index, self.dim, self.n,
                                                              self.storage_dtype),
                                     faiss.METRIC_INNER_PRODUCT)
         vectors = [self.store.read_shard(s, ("vectors",), self.profile)["vectors"]
@@ -117,7 +119,7 @@ class ShardGroup:
         for v in vectors:
             index.add(np.ascontiguousarray(v, dtype=np.float32))
         self._tune(index)
-        if faiss.get_num_gpus() > 0 and self.kind == "exact":
+        if faiss.get_num_gpus() > 0 and self.faiss_index == "exact":
             flat = faiss.IndexFlatIP(self.dim)
             for v in vectors:
                 flat.add(np.ascontiguousarray(v, dtype=np.float32))

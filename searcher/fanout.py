@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import numpy as np
 
-from tda.indexer.store import IndexStore
+from tda.cluster import DaskCluster
+from tda.errors import IndexIncomplete
+from tda.store.index import IndexStore
 from tda.searcher.dense import GroupResult, ShardGroup, merge
 
 _LOADED: dict[tuple, ShardGroup] = {}       # per worker process: loaded shard groups
 
 
 def _group(key: tuple) -> ShardGroup:
+    """The worker's ShardGroup for ``key`` = (index, shards, faiss_index, memory budget in
+    bytes, profile, allow_partial), loaded on first use."""
     if key not in _LOADED:
-        index, shards, kind, budget, profile, allow_partial = key
-        _LOADED[key] = ShardGroup(index, list(shards), kind, budget, profile=profile,
+        index, shards, faiss_index, budget, profile, allow_partial = key
+        _LOADED[key] = ShardGroup(index, list(shards), faiss_index, budget, profile=profile,
                                   allow_partial=allow_partial)
     return _LOADED[key]
 
@@ -30,6 +34,7 @@ def load_group(key: tuple) -> list[str]:
 
 
 def search_group(key: tuple, queries: np.ndarray, k: int) -> GroupResult:
+    """Top ``k`` of the group ``key`` for each of ``queries`` [m, d] float32."""
     return _group(key).search(queries, k)
 
 
@@ -41,38 +46,31 @@ def split(shards: list[int], groups: int) -> list[list[int]]:
 
 class DenseSearch:
     """Exact (or approximate) inner-product search over every shard of an index: its own
-    vectors, or a correction profile's transformed ones (loaded on first use)."""
+    vectors, or a correction profile's transformed ones (loaded on first use).
+
+    ``faiss_index``: 'exact', 'hnsw', 'ivfpq' or a FAISS factory string; ``memory_budget``:
+    bytes per shard group above which a group is streamed from Zarr per query; ``groups``:
+    shard groups (default: one per worker)."""
 
     def __init__(self, index: str, *, scheduler: str | None = None, workers: int = 2,
-                 groups: int | None = None, kind: str = "exact", memory_budget: int = 4 << 30,
-                 allow_partial: bool = False):
-        import logging
-
-        import dask
-        from dask.distributed import Client, LocalCluster
-
-        dask.config.set({"distributed.logging.distributed": "error",
-                         "distributed.admin.system-monitor.gil.enabled": False})
-        logging.getLogger("distributed").setLevel(logging.ERROR)
-        self.index, self.kind, self.memory_budget = str(index), kind, memory_budget
+                 groups: int | None = None, faiss_index: str = "exact",
+                 memory_budget: int = 4 << 30, allow_partial: bool = False):
+        self.index, self.faiss_index, self.memory_budget = str(index), faiss_index, memory_budget
         self.allow_partial = allow_partial
         self.warnings: list[str] = []          # shards skipped as corrupt (allow_partial)
         self.store = IndexStore.open(self.index)
         self.dim = self.store.manifest.dim
         self.shards = sorted(self.store.complete_shards())
-        if scheduler:
-            self.cluster = None
-            self.client = Client(scheduler, timeout="30s")
-        else:
-            self.cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                        dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR)
-            self.client = Client(self.cluster)
-        self.addresses = sorted(self.client.scheduler_info()["workers"])
-        if not self.addresses:
-            raise RuntimeError(f"the dask cluster at {scheduler} has no workers")
-        self.n_groups = groups or len(self.addresses)
-        self._placements: dict[str | None, dict[tuple, str]] = {}
-        self.placement = self._placement(None)
+        self.cluster = DaskCluster(scheduler, workers)
+        try:
+            self.client = self.cluster.client
+            self.addresses = self.cluster.workers
+            self.n_groups = groups or len(self.addresses)
+            self._placements: dict[str | None, dict[tuple, str]] = {}
+            self.placement = self._placement(None)
+        except BaseException:
+            self.cluster.close()
+            raise
 
     def _placement(self, profile: str | None) -> dict[tuple, str]:
         """Which worker holds which shard group of ``profile`` (loading them the first time)."""
@@ -81,9 +79,9 @@ class DenseSearch:
                 done = set(self.store.complete_shards(profile))
                 missing = [s for s in self.shards if s not in done]
                 if missing:
-                    raise ValueError(f"{self.index}: profile {profile!r} lacks shards "
-                                     f"{missing[:5]}; rebuild it with tda precondition")
-            keys = [(self.index, tuple(g), self.kind, self.memory_budget, profile,
+                    raise IndexIncomplete(f"{self.index}: profile {profile!r} lacks shards "
+                                          f"{missing[:5]}; rebuild it with tda precondition")
+            keys = [(self.index, tuple(g), self.faiss_index, self.memory_budget, profile,
                      self.allow_partial) for g in split(self.shards, self.n_groups)]
             placement = {key: self.addresses[i % len(self.addresses)]
                          for i, key in enumerate(keys)}
@@ -95,7 +93,8 @@ class DenseSearch:
         return self._placements[profile]
 
     def search(self, queries: np.ndarray, k: int, profile: str | None = None) -> GroupResult:
-        """Top ``k`` for each of ``queries`` [m, d] float32 over the whole index."""
+        """Top ``k`` for each of ``queries`` [m, d] float32 over the whole index: scores
+        (inner products) [m, k], shard and row [m, k] (-1 where fewer than k rows)."""
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         if queries.shape[1] != self.dim:
             raise ValueError(f"query vectors have d={queries.shape[1]}, the index {self.dim}")
@@ -104,6 +103,4 @@ class DenseSearch:
         return merge(self.client.gather(futures), k)
 
     def close(self) -> None:
-        self.client.close()
-        if self.cluster is not None:
-            self.cluster.close()
+        self.cluster.close()

@@ -1,91 +1,108 @@
 """`tda.Searcher`: the in-process search API (the HTTP server wraps one)."""
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
-from tda.indexer.lucene import BM25
-from tda.indexer.store import IndexStore
-from tda.schemas.search import Document, Hit, SearchRequest, SearchResponse
+from tda.errors import CorruptShard, IndexIncomplete, ProfileMissing, QueryError
+from tda.schemas.options import SearchOptions
+from tda.schemas.search import Hit, IndexedExample, SearchRequest, SearchResponse
 from tda.searcher.fusion import rrf
+from tda.store.bm25 import BM25
+from tda.store.index import IndexStore
+from tda.store.lock import ensure_not_busy
+from tda.store.profiles import complete_profiles
 
 SNIPPET_CHARS = 300
 FUSION_DEPTH = 50
-
-
-class SearchError(ValueError):
-    """A request that cannot be answered (bad query, unknown profile, missing BM25)."""
 
 
 class Searcher:
     """Attribution search over one index: TrackStar (FAISS over Zarr shards, fanned out with
     dask), BM25 (Lucene) and their reciprocal-rank fusion.
 
-    ``model_dir``: the model for query vectors (default: the index's, checked by fingerprint).
-    ``scheduler``: an existing dask scheduler address; default a LocalCluster of ``workers``.
-    ``kind``: 'exact' (default), 'hnsw', 'ivfpq' or a FAISS factory string.
-    Every shard is checked against its checksum when loaded: a corrupt one is an error, or with
-    ``allow_partial`` it is left out and each response carries a warning.
+    ``options`` (``SearchOptions``, or its fields as keyword arguments): the model for query
+    vectors (default: the index's, checked by fingerprint), the dask scheduler or local
+    workers, the FAISS index type, the memory budget, and whether corrupt shards may be left
+    out. Every shard is checked against its checksum when loaded: a corrupt one is a
+    CorruptShard, or with ``allow_partial`` it is left out and each response carries a
+    warning. ``load_model=False`` opens a BM25-only searcher (no query vectors, no generated
+    targets). Refuses an index that another process is writing (IndexBusy) or that is
+    unfinished (IndexIncomplete).
     """
 
-    def __init__(self, index: str | Path, *, model_dir: str | Path | None = None,
-                 scheduler: str | None = None, workers: int = 2, kind: str = "exact",
-                 memory_budget_gb: float = 4.0, load_model: bool = True,
-                 allow_partial: bool = False):
+    def __init__(self, index: str | Path, options: SearchOptions | None = None, *,
+                 load_model: bool = True, **changes):
         from tda.searcher.fanout import DenseSearch
 
+        self.options = dataclasses.replace(options or SearchOptions(), **changes)
         self.index = str(index)
+        ensure_not_busy(self.index)
         self.store = IndexStore.open(self.index)
         self.manifest = self.store.manifest
-        missing = self._unfinished()
+        unreadable = self.store.unreadable_shards()
+        if unreadable:
+            shard, why = min(unreadable.items())
+            raise CorruptShard(f"{self.index}: shard {shard:06d}: metadata unreadable ({why}); "
+                               f"repair it with `tda index` (the same command)")
+        missing = self.store.unfinished_shards()
         if missing:
-            raise SearchError(f"{self.index}: the index is unfinished (shards {missing[:10]}); "
-                              f"rerun `tda index` to complete it")
+            raise IndexIncomplete(f"{self.index}: the index is unfinished (shards "
+                                  f"{missing[:10]}); rerun `tda index` to complete it")
         self.encoder = None
         if load_model:
-            from tda.indexer.encoder import QueryEncoder
-            self.encoder = QueryEncoder(self.store, model_dir)
+            from tda.searcher.encoder import QueryEncoder
+            self.encoder = QueryEncoder(self.store, self.options.model_dir)
         bm25_path = self.store.bm25_path
         status = self.store.bm25_status
         self.bm25 = BM25(bm25_path) if status and status.get("complete") else None
         self._bm25_lock = threading.Lock()
-        self.dense = DenseSearch(self.index, scheduler=scheduler, workers=workers, kind=kind,
-                                 memory_budget=int(memory_budget_gb * 2**30),
-                                 allow_partial=allow_partial)
+        self.dense = DenseSearch(self.index, scheduler=self.options.scheduler,
+                                 workers=self.options.workers,
+                                 faiss_index=self.options.faiss_index,
+                                 memory_budget=int(self.options.memory_budget_gb * 2**30),
+                                 allow_partial=self.options.allow_partial)
         self._text_cache: dict[int, dict] = {}
         self._profiles: dict[str, object] = {}
-
-    def _unfinished(self) -> list[int]:
-        n_docs = self.manifest.corpus["documents"]
-        n_shards = -(-n_docs // self.manifest.layout["shard_size"])
-        return sorted(set(range(n_shards)) - set(self.store.complete_shards()))
 
     # ------------------------------------------------------------------ API
     def search(self, prompt: str, target: str | None = None, k: int = 10, mode: str = "both",
                profile: str | None = None) -> SearchResponse:
+        """Which training examples made the model say ``target`` after ``prompt``?
+
+        ``target`` None: the model's greedy continuation (``target_generated`` in the
+        response). ``k``: results per list; ``mode``: 'trackstar' (cosine of TrackStar
+        vectors, in [-1, 1]), 'bm25' (BM25 over prompt + target), 'both' (the two lists and
+        their fusion) or 'fused' (reciprocal-rank fusion only); ``profile``: a correction
+        profile (``tda precondition``), None for the vectors as indexed. The response holds,
+        per list, up to ``k`` Hits (example id, document id, snippet, score, 1-based ranks in
+        every list) and timings in milliseconds. QueryError for a request that cannot be
+        answered (empty target, too long, unknown profile, no BM25 index)."""
         return self.search_many([SearchRequest(prompt=prompt, target=target, k=k, mode=mode,
                                                profile=profile)])[0]
 
     def search_many(self, requests: list[SearchRequest]) -> list[SearchResponse]:
-        """Answer several requests with one batched query encoding and one dense fan-out."""
+        """Answer several requests (as ``search``) with one batched query encoding and one
+        dense fan-out per profile; responses in request order."""
         t0 = time.perf_counter()
         for r in requests:
             if r.profile and not self._has_profile(r.profile):
-                raise SearchError(f"{self.index}: no profile {r.profile!r} "
-                                  f"(profiles: {self.profiles() or 'none'})")
+                raise ProfileMissing(f"{self.index}: no profile {r.profile!r} "
+                                     f"(profiles: {self.profiles() or 'none'})")
             if r.mode in ("bm25", "both", "fused") and self.bm25 is None:
-                raise SearchError(f"{self.index}: no BM25 index (built with --no-bm25); use "
-                                  f"mode='trackstar'")
+                raise QueryError(f"{self.index}: no BM25 index (built with --no-bm25); use "
+                                 f"mode='trackstar'")
         targets, generated = self._targets(requests)
         t1 = time.perf_counter()
         dense_rows = [i for i, r in enumerate(requests) if r.mode != "bm25"]
         dense: dict[int, list[tuple[str, float, int, int]]] = {}
         if dense_rows:
             if self.encoder is None:
-                raise SearchError("this Searcher was opened without a model: BM25 only")
+                raise QueryError("this Searcher was opened without a model: BM25 only")
             q = self.encoder.encode([(requests[i].prompt, targets[i]) for i in dense_rows])
             for profile in dict.fromkeys(requests[i].profile for i in dense_rows):
                 rows = [j for j, i in enumerate(dense_rows) if requests[i].profile == profile]
@@ -110,30 +127,31 @@ class Searcher:
                                "bm25_and_merge": round((t3 - t2) * 1e3, 2)}
         return out
 
-    def document(self, doc_id: str) -> Document:
-        """One example by id (KeyError when unknown)."""
+    def document(self, doc_id: str) -> IndexedExample:
+        """One indexed example by its example id (DOCID or DOCID#N): text, tokens and loss
+        (nats). KeyError when unknown."""
         loc = self._locate(doc_id)
         if loc is None:
             raise KeyError(doc_id)
         data = self._shard_rows(loc[0])
         r = loc[1]
-        return Document(id=str(data["ids"][r]), doc_id=str(data["doc_ids"][r]),
+        return IndexedExample(id=str(data["ids"][r]), doc_id=str(data["doc_ids"][r]),
                         text=str(data["text"][r]), n_tokens=int(data["n_tokens"][r]),
                         loss=float(data["loss"][r]))
 
     def profiles(self) -> list[str]:
         """The complete correction profiles of the index."""
-        from tda.indexer.profiles import complete_profiles
         return complete_profiles(self.store)
 
     def _profile(self, name: str):
         if name not in self._profiles:
-            from tda.indexer.profiles import Profile
+            from tda.searcher.profiles import Profile
             self._profiles[name] = Profile.load(self.store, name)
         return self._profiles[name]
 
     def info(self) -> dict:
-        from tda.indexer.info import index_info
+        """What the index holds (``tda info``)."""
+        from tda.store.info import index_info
         return index_info(self.index)
 
     def close(self) -> None:
@@ -156,12 +174,15 @@ class Searcher:
                 targets.append(r.target)
                 generated.append(False)
             elif r.target is not None:
-                raise SearchError("target is empty: give a target or leave it out to use the "
-                                  "model's own continuation")
+                raise QueryError("target is empty: give a target or leave it out to use the "
+                                 "model's own continuation")
             else:
                 if self.encoder is None:
-                    raise SearchError("no target given and no model loaded to generate one")
-                targets.append(self.encoder.continuation(r.prompt))
+                    raise QueryError("no target given and no model loaded to generate one")
+                from tda.searcher.generate import greedy_continuation
+                with self.encoder.lock:
+                    targets.append(greedy_continuation(self.encoder.model, self.encoder.tokenizer,
+                                                       r.prompt, self.encoder.config.max_len))
                 generated.append(True)
         return targets, generated
 

@@ -16,11 +16,21 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.security.utils import get_authorization_scheme_param
 
 from tda import __version__
-from tda.schemas.search import Document, HealthResponse, SearchRequest, SearchResponse
-from tda.schemas.server import ServerLimits
+from tda.errors import ServerLimitExceeded, TdaError
+from tda.schemas.options import ServerLimits
+from tda.schemas.search import HealthResponse, IndexedExample, SearchRequest, SearchResponse
+
+
+def check_limits(req: SearchRequest, limits: ServerLimits) -> None:
+    """ServerLimitExceeded when a request asks for more than the server allows."""
+    if req.k > limits.max_k:
+        raise ServerLimitExceeded(f"k={req.k} is over the limit of {limits.max_k}")
+    if len(req.prompt) + len(req.target or "") > limits.max_query_chars:
+        raise ServerLimitExceeded(f"query over {limits.max_query_chars} characters")
 
 
 def create_app(searcher, token: str | None = None, limits: ServerLimits = ServerLimits()):
+    """The FastAPI app serving ``searcher`` (a tda.Searcher)."""
     # The body-size middleware answers 413 on any path, so every operation documents it.
     app = FastAPI(title="tda", version=__version__,
                   description="Training-data attribution: TrackStar and BM25 over one index.",
@@ -74,20 +84,17 @@ def create_app(searcher, token: str | None = None, limits: ServerLimits = Server
               responses={400: {"description": "The query cannot be answered"},
                          401: {"description": "Missing or wrong token"}})
     def search(req: SearchRequest) -> SearchResponse:
-        if req.k > limits.max_k:
-            raise HTTPException(400, f"k={req.k} is over the limit of {limits.max_k}")
-        if len(req.prompt) + len(req.target or "") > limits.max_query_chars:
-            raise HTTPException(400, f"query over {limits.max_query_chars} characters")
         try:
+            check_limits(req, limits)
             return searcher.search_many([req])[0]
-        except ValueError as e:          # SearchError, bad query (empty target, too long)
+        except TdaError as e:      # over a limit, bad query, unknown profile, no BM25
             raise HTTPException(400, str(e).splitlines()[0]) from None
 
-    @app.get("/documents/{doc_id:path}", response_model=Document,
+    @app.get("/documents/{doc_id:path}", response_model=IndexedExample,
              dependencies=[Depends(authorized)],
              responses={404: {"description": "No example with this id"},
                         401: {"description": "Missing or wrong token"}})
-    def document(doc_id: str) -> Document:
+    def document(doc_id: str) -> IndexedExample:
         try:
             return searcher.document(doc_id)
         except KeyError:
@@ -103,6 +110,7 @@ def create_app(searcher, token: str | None = None, limits: ServerLimits = Server
 
 def serve(searcher, host: str, port: int, token: str | None, limits: ServerLimits,
           log_level: str = "warning") -> None:
+    """Run the app with uvicorn until interrupted."""
     import uvicorn
     uvicorn.run(create_app(searcher, token, limits), host=host, port=port,
                 log_level=log_level, limit_concurrency=64, timeout_keep_alive=5)

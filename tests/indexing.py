@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tda.indexer.store import IndexStore
+from tda.store.index import IndexStore
+from tda.tests.tolerances import FLOAT16_ATOL, LOSS_RTOL, STORED_NORM_RTOL
 
 
 def write_corpus(path: Path, texts: list[str], long_texts: list[list[str]] = ()) -> Path:
@@ -66,22 +67,22 @@ def read_index(path) -> dict[str, np.ndarray]:
     return {f: np.concatenate([s[f] for s in shards]) for f in fields}
 
 
-def assert_same_index(a, b, atol: float = 2e-3) -> None:
+def assert_same_index(a, b, atol: float = FLOAT16_ATOL) -> None:
     """Same ids in the same order; vectors equal to float16 rounding; losses and norms close."""
     x, y = read_index(a), read_index(b)
     assert x["ids"].tolist() == y["ids"].tolist()
     assert x["text"].tolist() == y["text"].tolist()
     np.testing.assert_array_equal(x["n_tokens"], y["n_tokens"])
     np.testing.assert_allclose(x["vectors"], y["vectors"], atol=atol, rtol=0)
-    np.testing.assert_allclose(x["loss"], y["loss"], rtol=1e-4)
-    np.testing.assert_allclose(x["norm"], y["norm"], rtol=1e-3)
+    np.testing.assert_allclose(x["loss"], y["loss"], rtol=LOSS_RTOL)
+    np.testing.assert_allclose(x["norm"], y["norm"], rtol=STORED_NORM_RTOL)
 
 
 def fact_index(tmp_path_factory, model_dir: Path, facts: int, shard_size: int,
                projection_dim: int) -> Path:
     """A TrackStar + BM25 index of ``facts`` real LAMA fact sentences (max_len 128), built by
     the CLI: the shared fixture of the searcher, server and profile tests."""
-    import helpers
+    from tda.tests import helpers
     texts = [s for _, s in helpers.fact_sentences(facts)]
     corpus = write_corpus(tmp_path_factory.mktemp("corpus") / "c.jsonl", texts)
     out = tmp_path_factory.mktemp("index") / "index"

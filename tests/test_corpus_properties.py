@@ -24,9 +24,10 @@ import pytest
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
-from indexing import read_index, tda
+from tda.tests.indexing import read_index, tda
 from tda.indexer.documents import scan_corpus, valid_documents
-from tda.indexer.readers import CorpusError, read_corpus
+from tda.errors import CorpusError
+from tda.indexer.readers import read_corpus
 from tda.schemas.corpus import BadRecord, CorpusOptions, Document
 
 TRIED = {"files": 0, "records": 0, "bytes": 0}

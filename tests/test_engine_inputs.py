@@ -7,6 +7,7 @@ import torch
 
 from tda.engine import (Featurizer, Moment, SecondMoments, TrackStarConfig, estimate_from_texts,
                         load_model, load_second_moments)
+from tda.tests.tolerances import FLOAT32_SAME_ATOL
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,8 @@ def test_long_text_is_cut_to_max_len_with_a_warning(loaded, tiny_model_dir, lama
         cut = f.encode_examples([text])
     ids = tok(text)["input_ids"][:12]
     same = f.encode_examples([tok.decode(ids)])
-    torch.testing.assert_close(torch.from_numpy(cut), torch.from_numpy(same), atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.from_numpy(cut), torch.from_numpy(same),
+                               atol=FLOAT32_SAME_ATOL, rtol=0)
 
 
 def test_empty_target_and_too_long_query(loaded, tiny_model_dir):
@@ -184,7 +186,7 @@ def test_adafactor_state(tiny_model_dir, tmp_path, lama_texts):
 
 
 def test_estimated_moments_are_mean_squared_gradients(tiny_model_dir, lama_texts):
-    import reference
+    from tda.tests import reference
     model, tok = load_model(tiny_model_dir, dtype="float64")
     cfg = TrackStarConfig(projection_dim=4, dtype="float64")
     sm = estimate_from_texts(model, tok, lama_texts[:4], cfg)

@@ -11,13 +11,15 @@ import shutil
 from collections import defaultdict
 from pathlib import Path
 
-import helpers
 import pytest
 
+from tda.errors import PrepareError
 from tda.evaluation.prepare import (
-    DEMO_DIR, KINDS, PrepareError, PrepareOptions, detokenize, fill_template, make_prompt,
-    prepare, read_pararel_templates, split_evenly, write_demo_data,
+    DEMO_DIR, KINDS, detokenize, fill_template, make_prompt, prepare, read_pararel_templates,
+    split_evenly, write_demo_data,
 )
+from tda.schemas.options import PrepareOptions
+from tda.tests import helpers
 
 LAMA = helpers.LAMA
 PARAREL = helpers.DATA / "pararel-templates"

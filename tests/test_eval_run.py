@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-import helpers
-from indexing import tda
+from tda.tests import helpers
+from tda.tests.indexing import tda
 
 
 @pytest.fixture(scope="module")
@@ -91,9 +91,10 @@ def test_eval_run_refuses_a_non_trackstar_index(bench, model, tmp_path):
 def test_demo_end_to_end(tmp_path):
     from rich.console import Console
 
-    from tda.evaluation.demo import DemoSettings, run_demo
+    from tda.evaluation.demo import run_demo
+    from tda.schemas.options import DemoOptions
     console = Console(record=True, width=160)
-    settings = DemoSettings(epochs=2, projection_dim=4)
+    settings = DemoOptions(epochs=2, projection_dim=4)
     shown = run_demo(tmp_path, settings, console)
     text = console.export_text()
     assert len(shown["shown"]) == 3 and "TrackStar" in text and "BM25" in text

@@ -8,12 +8,13 @@ import statistics
 import pytest
 import torch
 
-import helpers
-from tda.engine.batching import Sequence, collate, per_example_loss, query_sequence
+from tda.tests import helpers
+from tda.engine.batching import TokenSequence, collate, per_example_loss, query_sequence
 from tda.engine.model import load_model
 from tda.evaluation.lama import read_facts
 from tda.evaluation.models import new_model
 from tda.evaluation.tailpatch import TailPatcher
+from tda.tests.tolerances import STEP_ATOL, STEP_RTOL
 
 TEXTS = helpers.sentences(160)          # what the session's gpt2_dir model was trained on
 
@@ -45,7 +46,7 @@ def _reference_step(model, tok, state, text, lr, optimizer=torch.optim.AdamW, na
     for g in opt.param_groups:
         g["lr"] = lr
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    seq = Sequence(tuple(tok(text)["input_ids"][:256]), 1)
+    seq = TokenSequence(tuple(tok(text)["input_ids"][:256]), 1)
     logits, labels = _forward(model, seq, pad)
     loss = per_example_loss(logits, labels).sum() / (labels >= 0).sum()
     opt.zero_grad()
@@ -92,7 +93,7 @@ def test_delta_equals_a_real_adamw_step_integer_ids(gpt2_f64):
         assert abs(dlogp) > 1e-4               # the step did something
         new = patcher.updated_parameters(text)
         for name, p in stepped.named_parameters():
-            assert torch.allclose(new[name], p, rtol=1e-12, atol=1e-14), name
+            assert torch.allclose(new[name], p, rtol=STEP_RTOL, atol=STEP_ATOL), name
 
 
 @pytest.mark.parametrize("optimizer, options", [
@@ -108,7 +109,7 @@ def test_delta_equals_a_real_step_named_state(gpt2_dir, optimizer, options):
     opt = optimizer(list(model.named_parameters()), lr=1e-2, **options)
     pad = tok.pad_token_id
     for i in range(3):
-        seqs = [Sequence(tuple(tok(t)["input_ids"][:64]), 1) for t in TEXTS[8 * i:8 * i + 8]]
+        seqs = [TokenSequence(tuple(tok(t)["input_ids"][:64]), 1) for t in TEXTS[8 * i:8 * i + 8]]
         b = collate(seqs, pad)
         logits = model(input_ids=b.input_ids, attention_mask=b.attention_mask.long(),
                        position_ids=b.position_ids, use_cache=False).logits
@@ -129,7 +130,7 @@ def test_delta_equals_a_real_step_named_state(gpt2_dir, optimizer, options):
     assert dp == pytest.approx(math.exp(after) - math.exp(before), rel=1e-6, abs=1e-15)
     new = patcher.updated_parameters(text)
     for name, p in stepped.named_parameters():
-        assert torch.allclose(new[name], p, rtol=1e-12, atol=1e-14), name
+        assert torch.allclose(new[name], p, rtol=STEP_RTOL, atol=STEP_ATOL), name
 
 
 def test_zero_final_lr_is_refused(gpt2_f64):

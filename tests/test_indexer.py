@@ -7,11 +7,12 @@ import time
 import numpy as np
 import pytest
 
-import helpers
-from indexing import assert_same_index, free_port, read_index, tda, torchrun, write_corpus
+from tda.tests import helpers
+from tda.tests.indexing import assert_same_index, free_port, read_index, tda, torchrun, write_corpus
 from tda.engine import Featurizer, TrackStarConfig, load_model
-from tda.indexer.lucene import BM25
-from tda.indexer.store import IndexStore
+from tda.store.bm25 import BM25
+from tda.store.index import IndexStore
+from tda.tests.tolerances import FLOAT16_ATOL, STORED_VECTOR_ATOL
 
 SETTINGS = ("--shard-size", "24", "--max-len", "96", "--projection-dim", "4",
             "--batch-tokens", "1024", "--no-progress")
@@ -46,9 +47,9 @@ def test_index_holds_the_featurizer_vectors(reference, gpt2_dir, corpus):
     for d in whole[:20]:
         row = ids.index(d["id"])
         expect = f.encode_examples([d["text"]])[0]
-        np.testing.assert_allclose(data["vectors"][row], expect, atol=1e-3)
+        np.testing.assert_allclose(data["vectors"][row], expect, atol=STORED_VECTOR_ATOL)
         assert data["text"][row] == d["text"]
-    np.testing.assert_allclose(np.linalg.norm(data["vectors"], axis=1), 1, atol=2e-3)
+    np.testing.assert_allclose(np.linalg.norm(data["vectors"], axis=1), 1, atol=FLOAT16_ATOL)
     assert (data["n_tokens"] <= 96).all() and (data["loss"] > 0).all()
 
 
@@ -164,5 +165,5 @@ def _python_cli():
 
 
 def _env():
-    from indexing import env
+    from tda.tests.indexing import env
     return env()

@@ -4,10 +4,11 @@ import json
 import numpy as np
 import pytest
 
-import helpers
-from indexing import read_index, tda
+from tda.tests import helpers
+from tda.tests.indexing import read_index, tda
 from tda.indexer.documents import chunk_document, scan_corpus
-from tda.indexer.readers import CorpusError, read_corpus
+from tda.errors import CorpusError
+from tda.indexer.readers import read_corpus
 from tda.schemas.corpus import BadRecord, CorpusOptions, Document
 
 FAST = ("--shard-size", "8", "--max-len", "160", "--projection-dim", "2", "--no-bm25",

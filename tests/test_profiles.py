@@ -11,12 +11,15 @@ import pytest
 import scipy.linalg
 import torch
 
-from indexing import fact_index, env, read_index, tda
+from tda.tests.indexing import fact_index, env, read_index, tda
 from tda.engine import Featurizer, TrackStarConfig, load_model
 from tda.engine.preconditioner import mixing_lambda
-from tda.indexer.profiles import Profile, complete_profiles
-from tda.indexer.store import IndexStore
-from tda.searcher.searcher import SearchError, Searcher
+from tda.searcher.profiles import Profile
+from tda.store.profiles import complete_profiles
+from tda.store.index import IndexStore
+from tda.errors import QueryError as SearchError
+from tda.searcher.searcher import Searcher
+from tda.tests.tolerances import FLOAT16_ATOL, PROFILE_ATOL
 
 QUERIES = [("Allan Peiper was born in", " Alexandra"), ("Anthony Barber was born in", " Doncaster"),
            ("Iginio Ugo Tarchetti was a native speaker of", " Italian"),
@@ -82,10 +85,10 @@ def test_mixed_profile_equals_explicit_float64(index, queries_file, gpt2_dir):
             want = np.argsort(-scores)[:10]
             assert [h.id for h in resp.trackstar][:5] == data["ids"][want].tolist()[:5]
             np.testing.assert_allclose([h.score for h in resp.trackstar], scores[want],
-                                       atol=3e-3)
+                                       atol=PROFILE_ATOL)
     stored = np.concatenate([store.read_shard(s, ("vectors",), "mixed")["vectors"]
                              for s in sorted(store.complete_shards())])
-    np.testing.assert_allclose(stored, index_vectors, atol=2e-3)
+    np.testing.assert_allclose(stored, index_vectors, atol=FLOAT16_ATOL)
 
 
 def test_lambda_on_a_constructed_spectrum():
@@ -108,7 +111,7 @@ def test_ablation_modes(index, gpt2_dir):
     base = read_index(index)["vectors"]
     ident = np.concatenate([store.read_shard(s, ("vectors",), "none")["vectors"]
                             for s in sorted(store.complete_shards())])
-    np.testing.assert_allclose(ident, base, atol=2e-3)
+    np.testing.assert_allclose(ident, base, atol=FLOAT16_ATOL)
     with Searcher(index, workers=1) as searcher:
         a = searcher.search(*QUERIES[0], k=5, mode="trackstar")
         b = searcher.search(*QUERIES[0], k=5, mode="trackstar", profile="none")

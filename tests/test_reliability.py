@@ -13,10 +13,11 @@ import time
 import numpy as np
 import pytest
 
-import helpers
-from indexing import assert_same_index, env, read_index, tda, write_corpus
-from tda.indexer.profiles import Profile, complete_profiles
-from tda.indexer.store import IndexStore
+from tda.tests import helpers
+from tda.tests.indexing import assert_same_index, env, read_index, tda, write_corpus
+from tda.searcher.profiles import Profile
+from tda.store.profiles import complete_profiles
+from tda.store.index import IndexStore
 
 SETTINGS = ("--shard-size", "6", "--max-len", "96", "--projection-dim", "3", "--no-progress")
 
@@ -219,7 +220,7 @@ def test_one_writer_at_a_time_and_a_dead_one_holds_nothing(tmp_path, gpt2_dir, c
 def test_search_refuses_a_corrupt_shard_or_skips_it(tmp_path, reference):
     import shutil
 
-    from tda.indexer.store import CorruptShard
+    from tda.errors import CorruptShard
     from tda.searcher.searcher import Searcher
     out = tmp_path / "index"
     shutil.copytree(reference, out)

@@ -9,10 +9,12 @@ import time
 import numpy as np
 import pytest
 
-from indexing import fact_index, env, free_port, read_index, tda
+from tda.tests.indexing import fact_index, env, free_port, read_index, tda
 from tda.engine import Featurizer, TrackStarConfig, load_model
-from tda.indexer.encoder import ModelMismatch
-from tda.searcher.searcher import SearchError, Searcher
+from tda.errors import ModelMismatch
+from tda.errors import QueryError as SearchError
+from tda.searcher.searcher import Searcher
+from tda.tests.tolerances import FLOAT32_SAME_ATOL, SCORE_ATOL, SCORE_RTOL
 
 QUERIES = [("Allan Peiper was born in", " Alexandra"),
            ("The official language of Austria is", " German"),
@@ -42,7 +44,7 @@ def test_query_vectors_match_the_engine(searcher, gpt2_dir):
     f = Featurizer(model, tok, TrackStarConfig(projection_dim=6, max_len=128),
                    optimizer_state=gpt2_dir)
     np.testing.assert_allclose(searcher.encoder.encode(QUERIES), f.encode_queries(QUERIES),
-                               atol=1e-5)
+                               atol=FLOAT32_SAME_ATOL)
 
 
 def test_faiss_equals_brute_force(searcher, index):
@@ -52,7 +54,7 @@ def test_faiss_equals_brute_force(searcher, index):
         resp = searcher.search(prompt, target, k=10, mode="trackstar")
         assert [h.id for h in resp.trackstar] == [e[0] for e in expect[i]]
         np.testing.assert_allclose([h.score for h in resp.trackstar], [e[1] for e in expect[i]],
-                                   atol=1e-5)
+                                   atol=SCORE_ATOL)
         assert [h.ranks["trackstar"] for h in resp.trackstar] == list(range(1, 11))
 
 
@@ -65,7 +67,7 @@ def test_one_worker_equals_two_and_streaming_equals_loaded(searcher, index):
             got = [other.search(p, t, k=10, mode="trackstar").trackstar for p, t in QUERIES]
         for a, b in zip(got, want):
             assert [h.id for h in a] == [h.id for h in b]
-            np.testing.assert_allclose([h.score for h in a], [h.score for h in b], atol=1e-5)
+            np.testing.assert_allclose([h.score for h in a], [h.score for h in b], atol=SCORE_ATOL)
 
 
 @pytest.mark.slow
@@ -129,7 +131,7 @@ def test_generated_target_and_errors(searcher):
 
 def test_approximate_search_recall(index, searcher):
     q = [(p, t) for p, t in QUERIES]
-    with Searcher(index, workers=1, kind="hnsw") as approx:
+    with Searcher(index, workers=1, faiss_index="hnsw") as approx:
         recall = []
         for p, t in q:
             a = {h.id for h in approx.search(p, t, k=10, mode="trackstar").trackstar}
@@ -203,7 +205,7 @@ def test_client_equals_searcher(server, searcher):
             for name in ("trackstar", "bm25", "fused"):
                 assert [h.id for h in getattr(a, name)] == [h.id for h in getattr(b, name)]
                 np.testing.assert_allclose([h.score for h in getattr(a, name)],
-                                           [h.score for h in getattr(b, name)], rtol=1e-5)
+                                           [h.score for h in getattr(b, name)], rtol=SCORE_RTOL)
         assert client.document("s0") == searcher.document("s0")
         assert client.info()["examples"] == searcher.info()["examples"]
 
@@ -211,7 +213,7 @@ def test_client_equals_searcher(server, searcher):
 def test_server_auth_limits_and_concurrency(server):
     import httpx
     from tda import SearchClient
-    from tda.searcher.client import SearchClientError
+    from tda.errors import ServerError as SearchClientError
     auth = {"Authorization": "Bearer s3cret"}
     body = {"prompt": "Allan Peiper was born in", "target": " Alexandra", "k": 3}
     assert httpx.post(server + "/search", json=body).status_code == 401

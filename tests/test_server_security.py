@@ -17,7 +17,7 @@ import uuid
 import httpx
 import pytest
 
-from indexing import fact_index, env, free_port, tda
+from tda.tests.indexing import fact_index, env, free_port, tda
 
 TOKEN = "s3cret-Token_42"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -1,7 +1,9 @@
 """One writer per index: an exclusive ``flock`` on a file beside the index.
 
 The kernel drops the lock when its holder dies, even by SIGKILL, so a crashed build never
-blocks the next one. Remote (fsspec URL) indexes are not locked.
+blocks the next one. Writers (``tda index``, ``tda precondition``) hold it for their whole run;
+readers (search, info, verify) check at open that no writer holds it (``ensure_not_busy``),
+because what they would read is changing. Remote (fsspec URL) indexes are not locked.
 """
 from __future__ import annotations
 
@@ -13,26 +15,26 @@ import socket
 import time
 from pathlib import Path
 
-
-class IndexBusy(RuntimeError):
-    """Another live process is writing this index."""
+from tda.errors import IndexBusy
+from tda.store.location import local_path
 
 
 def lock_path(index: str | Path) -> Path:
-    path = Path(index).resolve()
+    """The lock file of a local index: ``.<name>.tda-lock`` in the same directory."""
+    path = local_path(index).resolve()
     return path.with_name(f".{path.name}.tda-lock")
 
 
 class IndexLock:
     """Context manager: hold the write lock of ``index`` (local paths), or raise IndexBusy
-    naming the holder."""
+    naming the holder. ``what`` (e.g. "tda index") is recorded for the next one to read."""
 
     def __init__(self, index: str | Path, what: str):
         self.index, self.what = str(index), what
         self._fd: int | None = None
 
     def __enter__(self) -> "IndexLock":
-        if "://" in self.index and not self.index.startswith("file://"):
+        if local_path(self.index) is None:
             return self
         path = lock_path(self.index)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -43,8 +45,7 @@ class IndexLock:
             holder = _read_holder(fd)
             os.close(fd)
             if e.errno in (errno.EWOULDBLOCK, errno.EACCES):
-                raise IndexBusy(f"{self.index} is being written by another process ({holder}); "
-                                f"wait for it to finish or stop it") from None
+                raise IndexBusy(_busy_message(self.index, holder)) from None
             raise
         os.ftruncate(fd, 0)
         os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
@@ -58,6 +59,34 @@ class IndexLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+
+
+def ensure_not_busy(index: str | Path) -> None:
+    """Raise IndexBusy (naming the writer) when a process holds ``index``'s write lock. A
+    shared lock is taken and released at once: it never blocks, and fails only while a
+    writer holds the exclusive one."""
+    path = local_path(index)
+    if path is None or not lock_path(index).is_file():
+        return
+    try:
+        fd = os.open(lock_path(index), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno in (errno.EWOULDBLOCK, errno.EACCES):
+            raise IndexBusy(_busy_message(str(index), _read_holder(fd))) from None
+        raise
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _busy_message(index: str, holder: str) -> str:
+    return (f"{index} is being written by another process ({holder}); wait for it to finish "
+            f"or stop it")
 
 
 def _read_holder(fd: int) -> str:

@@ -1,0 +1,366 @@
+"""The options of every command, as typed dataclasses: the one documented place for each.
+
+Each field's text (``doc``) is its documentation and the command's ``--help``; ``cli.py``
+generates the click options from these classes, and the Python API takes the same objects
+(``build_index(..., options=IndexOptions(...))``, ``Searcher(index, SearchOptions(...))``,
+``build_profile(..., PreconditionOptions(...))``). Besides this module: the engine's
+``TrackStarConfig`` (schemas/config.py), the corpus readers' ``CorpusOptions``
+(schemas/corpus.py) and a search request's fields (``SearchRequest``, schemas/search.py).
+
+A ``...Command`` class holds what only the command line has (paths, ``--json``); the other
+classes are what the library functions take.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from tda.errors import ConfigError, PrepareError
+from tda.schemas.fields import doc
+
+
+# --------------------------------------------------------------------------- shared fields
+def _model_for_queries() -> Any:
+    return doc("Model for query vectors (default: the index's; must match its fingerprint).",
+               default=None, flag="--model")
+
+
+def _scheduler() -> Any:
+    return doc("Existing dask scheduler (tcp://HOST:PORT); default: a local cluster.",
+               default=None)
+
+
+def _workers() -> Any:
+    return doc("Local dask worker processes (ignored with --scheduler).", default=2)
+
+
+def _json() -> Any:
+    return doc("Print the result as JSON instead of the text report.", default=False)
+
+
+def _positive(obj, *names: str, minimum: float = 1) -> None:
+    for name in names:
+        if getattr(obj, name) < minimum:
+            raise ConfigError(f"{name} must be >= {minimum:g}, got {getattr(obj, name)}")
+
+
+# --------------------------------------------------------------------------- tda index
+@dataclass(frozen=True)
+class IndexOptions:
+    """How the index is laid out and built (besides the engine's TrackStarConfig and the
+    corpus' CorpusOptions); recorded in the manifest."""
+
+    shard_size: int = doc("Documents per shard: the unit of work, of resuming and of search "
+                          "fan-out.", default=4096)
+    storage_dtype: Literal["float16", "bfloat16"] = doc("dtype of the stored unit vectors.",
+                                                        default="float16")
+    batch_tokens: int = doc("Token budget of one forward/backward batch (padding included); "
+                            "examples are bucketed by length.", default=8192)
+    fsdp: bool = doc("Shard the model over ranks with FSDP2 (for models that do not fit one "
+                     "device); ranks then step in lockstep.", default=False)
+    bm25: bool = doc("Also build the Lucene BM25 index of the same examples (rank 0, after "
+                     "the gradients; for huge corpora build it later without torchrun).",
+                     default=True)
+    collective_timeout_min: float = doc(
+        "Minutes a rank waits in a collective, e.g. while rank 0 alone scans the corpus "
+        "(~4 min per 64 GB of JSON Lines).", default=240.0)
+    optimizer_state: str | None = doc(
+        "Optimizer state (file or dir). Default: the model directory's optimizer.pt / "
+        "tda_second_moments.pt, else estimated from the corpus.", default=None)
+    estimate_examples: int = doc(
+        "Documents used to estimate second moments when no optimizer state exists.",
+        default=256)
+
+    def __post_init__(self) -> None:
+        _positive(self, "shard_size", "estimate_examples")
+        _positive(self, "batch_tokens", minimum=2)
+        if self.collective_timeout_min <= 0:
+            raise ConfigError(f"collective_timeout_min must be > 0, got "
+                              f"{self.collective_timeout_min}")
+
+
+@dataclass(frozen=True)
+class IndexCommand:
+    """`tda index`: what to featurize, where to, and how to report."""
+
+    model_dir: str = doc("Hugging Face causal LM directory (config, weights, tokenizer).",
+                         flag="--model")
+    corpus: tuple[str, ...] = doc("Corpus file or directory (.jsonl, .txt, .parquet, datasets "
+                                  "dir); repeat, or list more after the options.")
+    out: str = doc("Index path (a directory, or any fsspec URL).")
+    overwrite: bool = doc("Replace whatever is at --out.", default=False)
+    progress: bool = doc("Show a progress bar (rank 0).", default=True)
+    json: bool = _json()
+
+
+# --------------------------------------------------------------------------- tda info / verify
+@dataclass(frozen=True)
+class InfoCommand:
+    """`tda info`: what an index holds."""
+
+    model_dir: str | None = doc("Also check that this model directory is the index's model "
+                                "(same fingerprint).", default=None, flag="--model")
+    json: bool = _json()
+
+
+@dataclass(frozen=True)
+class VerifyCommand:
+    """`tda verify`: every part read back and checked."""
+
+    model_dir: str | None = doc("Model directory to check against the index's fingerprint "
+                                "(default: the recorded model path, when it is there).",
+                                default=None, flag="--model")
+    json: bool = _json()
+
+
+# --------------------------------------------------------------------------- tda precondition
+@dataclass(frozen=True)
+class PreconditionOptions:
+    """Which correction R a profile applies (docs/design.md, "The method"), and where the
+    work runs."""
+
+    mode: Literal["auto", "none", "train", "mixed"] = doc(
+        "R: 'none' (identity, the ablation), 'train' (R_train), 'mixed' (lambda R_eval + "
+        "(1 - lambda) R_train, needs --queries); auto: mixed with --queries, else train.",
+        default="auto")
+    train_sample: int = doc("Training vectors sampled (uniformly, seeded) for R_train.",
+                            default=4096)
+    components: int = doc("K: lambda makes the K-th largest eigenvalues of lambda R_eval and "
+                          "(1 - lambda) R_train equal; 0 means 1.5% of d (the paper's 1,000 "
+                          "of 65,536).", default=0)
+    damping: float = doc("Added to each block's eigenvalues before the inverse square root, "
+                         "as a fraction of the block's mean eigenvalue.", default=0.01)
+    seed: int = doc("Seed of the training sample.", default=0)
+    model_dir: str | None = _model_for_queries()
+    scheduler: str | None = _scheduler()
+    workers: int = _workers()
+
+    def __post_init__(self) -> None:
+        _positive(self, "train_sample", "workers")
+        _positive(self, "components", minimum=0)
+        if self.damping <= 0:
+            raise ConfigError(f"damping must be > 0, got {self.damping}")
+
+
+@dataclass(frozen=True)
+class PreconditionCommand:
+    """`tda precondition`: which profile, from which queries."""
+
+    name: str = doc("Profile name (search with --profile NAME).")
+    queries: str | None = doc("The task's queries, JSON Lines of {prompt, target}: enables the "
+                              "mixed R.", default=None)
+    overwrite: bool = doc("Replace a complete profile of that name.", default=False)
+    json: bool = _json()
+
+
+# --------------------------------------------------------------------------- tda search / serve
+@dataclass(frozen=True)
+class SearchOptions:
+    """How an index is searched (`tda search`, `tda serve`, ``tda.Searcher``)."""
+
+    model_dir: str | None = _model_for_queries()
+    scheduler: str | None = _scheduler()
+    workers: int = _workers()
+    faiss_index: str = doc("exact | hnsw | ivfpq | any FAISS factory string.", default="exact")
+    memory_budget_gb: float = doc("Per shard group: larger groups are streamed from Zarr per "
+                                  "query.", default=4.0)
+    allow_partial: bool = doc("Leave out shards that fail their checksum (with a warning) "
+                              "instead of refusing to search.", default=False)
+
+    def __post_init__(self) -> None:
+        _positive(self, "workers")
+        if self.memory_budget_gb <= 0:
+            raise ConfigError(f"memory_budget_gb must be > 0, got {self.memory_budget_gb}")
+
+
+@dataclass(frozen=True)
+class SearchCommand:
+    """`tda search`: which index, and one query or a file of them."""
+
+    index: str = doc("Index path.")
+    queries: str | None = doc("JSON Lines of {prompt, target?, k?, mode?, profile?}: many "
+                              "queries at once (the options give the defaults).", default=None)
+    json: bool = doc("JSON output (one line per query).", default=False)
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """Request limits of `tda serve`."""
+
+    max_k: int = doc("Largest k a request may ask for.", default=100)
+    max_query_chars: int = doc("Longest prompt + target, in characters.", default=2000)
+    max_body_bytes: int = doc("Largest request body, in bytes.", default=16384)
+
+    def __post_init__(self) -> None:
+        _positive(self, "max_k", "max_query_chars", "max_body_bytes")
+
+
+@dataclass(frozen=True)
+class ServeCommand:
+    """`tda serve`: where to listen and who may ask."""
+
+    host: str = doc("Address to bind (loopback by default; anything else exposes the index).",
+                    default="127.0.0.1")
+    port: int = doc("Port to listen on.", default=8080)
+    token: str | None = doc("Bearer token every request must carry (env TDA_TOKEN).",
+                            default=None, envvar="TDA_TOKEN")
+
+
+# --------------------------------------------------------------------------- tda demo
+@dataclass(frozen=True)
+class DemoOptions:
+    """`tda demo`: the tiny model, index and searches it runs (cached by these settings)."""
+
+    epochs: int = doc("Training epochs of the tiny model (fewer: faster, knows fewer facts).",
+                      default=30)        # 982 texts: ~230 s on 2 CPU cores, knows ~47%
+    preset: str = doc("Model size preset (evaluation/models.py).", default="tiny")
+    projection_dim: int = doc("Projection size k of the demo index (d = k*k per weight).",
+                              default=16)
+    max_len: int = doc("Maximum tokens per training text and query.", default=128)
+    examples: int = doc("Attributions shown.", default=3)
+    k: int = doc("Results per list in each attribution.", default=5)
+
+    def __post_init__(self) -> None:
+        _positive(self, "epochs", "projection_dim", "examples", "k")
+        _positive(self, "max_len", minimum=2)
+
+
+@dataclass(frozen=True)
+class DemoCommand:
+    """`tda demo`: where it caches."""
+
+    work: str | None = doc("Cache directory (default: $TDA_CACHE or ~/.cache/tda, + /demo).",
+                           default=None)
+    fresh: bool = doc("Ignore cached model and index.", default=False)
+
+
+# --------------------------------------------------------------------------- tda eval
+@dataclass(frozen=True)
+class PrepareOptions:
+    """What ``tda eval prepare`` samples from LAMA T-REx and how it builds queries and texts."""
+
+    relations: str = doc(
+        "Comma-separated LAMA relation ids, e.g. P19,P101, in any order (empty: every P*.jsonl "
+        "in the LAMA directory).", default="")
+    facts: int = doc(
+        "Facts to sample in total, spread as evenly as possible over the relations; only facts "
+        "with at least one evidence sentence count (0: all of them).", default=0)
+    templates: Literal["lama", "pararel"] = doc(
+        "Query templates: 'lama' (the relation's LAMA template) or 'pararel' (per fact, one "
+        "seeded pick among the relation's ParaRel templates with [X] before [Y]; relations "
+        "without ParaRel templates fall back to LAMA).", default="lama")
+    paraphrases: int = doc(
+        "Paraphrase sentences per fact added to the corpus: ParaRel templates filled with "
+        "subject and object label, never the fact's query template (fewer when the relation "
+        "has fewer templates, none without ParaRel templates).", default=0)
+    distractors: str = doc(
+        "File of distractor sentences added with no facts: FewRel JSON (relation -> "
+        "[{tokens, h, t}]) or JSON Lines with a 'text' field (empty: none).", default="")
+    distractor_count: int = doc(
+        "Distractor sentences to sample from the file (0: all).", default=0)
+    seed: int = doc("Seed of fact, template, paraphrase and distractor sampling.", default=0)
+
+    def __post_init__(self) -> None:
+        for name in ("facts", "paraphrases", "distractor_count"):
+            if getattr(self, name) < 0:
+                raise PrepareError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.templates not in ("lama", "pararel"):
+            raise PrepareError(
+                f"templates must be one of ('lama', 'pararel'), got {self.templates!r}")
+        if self.distractor_count and not self.distractors:
+            raise PrepareError("distractor_count needs a distractors file")
+
+    def relation_list(self) -> list[str]:
+        """The requested relations, upper-cased and deduplicated (empty: all)."""
+        out: dict[str, None] = {}
+        for part in self.relations.split(","):
+            rel = part.strip().upper()
+            if not rel:
+                continue
+            if not re.fullmatch(r"P\d+", rel):
+                raise PrepareError(f"not a relation id: {part.strip()!r} (expected e.g. P19)")
+            out.setdefault(rel)
+        return list(out)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class PrepareCommand:
+    """`tda eval prepare`: where the LAMA data is and where the benchmark goes."""
+
+    lama_dir: str = doc("LAMA T-REx directory (P*.jsonl, relations.jsonl).", flag="--lama")
+    out: str = doc("Benchmark directory: corpus.jsonl, queries.jsonl, manifest.json.")
+    pararel_dir: str | None = doc("ParaRel templates (default: pararel-templates beside "
+                                  "--lama).", default=None, flag="--pararel")
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """How ``tda eval train`` trains a small causal LM from scratch (AdamW)."""
+
+    preset: Literal["tiny", "small"] = doc("Model size: tiny (4 layers x 128) or small (6 x "
+                                           "256).", default="tiny")
+    arch: Literal["gpt2", "llama"] = doc("Architecture: gpt2 (Conv1D, tied head) or llama "
+                                         "(nn.Linear, untied head).", default="gpt2")
+    epochs: int = doc("Passes over the corpus.", default=20)
+    lr: float = doc("Peak learning rate (linear warmup, cosine decay to 10%).", default=3e-3)
+    batch_size: int = doc("Texts per optimizer step.", default=32)
+    vocab_size: int = doc("Byte-level BPE vocabulary size.", default=4096)
+    max_len: int = doc("Tokens per training text (longer ones are cut).", default=128)
+    seed: int = doc("Seed of initialization, shuffling and the tokenizer.", default=0)
+    queries: str | None = doc("Queries for the fact accuracy (default: queries.jsonl beside the "
+                              "corpus).", default=None)
+
+    def __post_init__(self) -> None:
+        _positive(self, "epochs", "batch_size", "vocab_size")
+        _positive(self, "max_len", minimum=2)
+        if self.lr <= 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+
+
+@dataclass(frozen=True)
+class TrainCommand:
+    """`tda eval train`: which corpus, which output directory."""
+
+    corpus: str = doc("BENCH/corpus.jsonl (records with 'text').")
+    out: str = doc("Model directory.")
+    json: bool = doc("Print training.json (without losses).", default=False)
+
+
+EVAL_METHODS = ("bm25", "graddot", "gradcos", "optcos", "rtrain", "trackstar", "exact", "fused")
+
+
+@dataclass(frozen=True)
+class EvalRunOptions:
+    """What ``tda eval run`` retrieves and scores."""
+
+    methods: str = doc("Comma-separated methods.", default=",".join(EVAL_METHODS))
+    tail_patch: int = doc("Tail-patch the top K retrieved examples (0: skip).", default=10)
+    tail_patch_queries: int = doc("Tail-patch a seeded sample of this many queries (0: all).",
+                                  default=0)
+    workers: int = _workers()
+    seed: int = doc("Seed of the tail-patch query sample and of the random reference.",
+                    default=0)
+
+    def __post_init__(self) -> None:
+        _positive(self, "tail_patch", "tail_patch_queries", minimum=0)
+        _positive(self, "workers")
+        unknown = [m for m in self.method_list() if m not in EVAL_METHODS]
+        if unknown:
+            raise ConfigError(f"unknown methods {unknown}; choose from {list(EVAL_METHODS)}")
+
+    def method_list(self) -> list[str]:
+        return [m.strip() for m in self.methods.split(",") if m.strip()]
+
+
+@dataclass(frozen=True)
+class EvalRunCommand:
+    """`tda eval run`: which index and queries, and where the report goes."""
+
+    index: str = doc("The TrackStar index (factored, unit norm) of the benchmark corpus.")
+    queries: str = doc("BENCH/queries.jsonl.")
+    out: str = doc("Report directory.")

@@ -1,0 +1,48 @@
+"""Names in an index directory (Zarr v3). The format, in one picture::
+
+    zarr.json                 group attributes: {"tda": manifest, "bm25": {...} once built}
+    shards/<NNNNNN>/          one per block of ``shard_size`` consecutive corpus documents
+        vectors  [rows, d]    float16 (or bfloat16 stored as uint16), unit rows
+        ids      [rows]       example ids: DOCID, or DOCID#N for chunk N of a long document
+        doc_ids  [rows]       the document each row came from
+        text     [rows]       the example's text
+        n_tokens [rows] int32, loss [rows] float32 (nats), norm [rows] float32 (before normalizing)
+        attributes "complete": {"rows", "checksum"} written last: a shard without it does not
+        exist
+    second_moments/           the optimizer second moments V the vectors were corrected with:
+        <IIIII>_<part>        part full [rows, cols], or row [rows] and col [cols], float64;
+                              IIIII indexes the sorted parameter names
+        attributes "complete": {"names", "source", "optimizer", "extra"} written last
+    bm25/                     Lucene index over the same ids (local indexes only)
+    profiles/<name>/          a correction profile (store/profiles.py)
+        attributes "settings" (first), "transform" (once the blocks are stored), "complete"
+        transform/<IIIII>     R^-1/2 of tracked weight IIIII, [d_b, d_b] float32
+        shards/<NNNNNN>/vectors   every example's vector transformed, with its own marker
+    .<name>.tda-lock          beside the index: the writer lock (store/lock.py)
+
+The manifest (schemas/index.py) is written once, in the same write that creates the group.
+"""
+from __future__ import annotations
+
+MANIFEST_KEY = "tda"
+BM25_KEY = "bm25"
+COMPLETE_KEY = "complete"
+SETTINGS_KEY = "settings"
+TRANSFORM_KEY = "transform"
+SHARDS = "shards"
+BM25_DIR = "bm25"
+PROFILES = "profiles"
+MOMENTS = "second_moments"
+TRANSFORM = "transform"
+ROW_ARRAYS = ("vectors", "ids", "doc_ids", "text", "n_tokens", "loss", "norm")
+ROW_CHUNK = 1024
+
+
+def shard_name(index: int) -> str:
+    """Shard ``index``'s group name: six digits."""
+    return f"{index:06d}"
+
+
+def block_name(index: int) -> str:
+    """The array name of a numbered part (moments, profile blocks): five digits."""
+    return f"{index:05d}"
