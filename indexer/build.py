@@ -187,9 +187,10 @@ def _open_or_create(out: str, manifest: Manifest,
     else:
         diffs = store.manifest.differences(manifest)
         if diffs:
-            raise SettingsMismatch(f"{out} is an index built with other settings; refusing to "
-                                   f"mix (" + "; ".join(diffs[:5]) + "). Use another --out, or "
-                                   "--overwrite to replace it.")
+            raise SettingsMismatch(f"{out} is an index built with other settings (the index's "
+                                   f"vs this build's, model {manifest.model.path}); refusing "
+                                   f"to mix (" + "; ".join(diffs[:5]) + "). Use another "
+                                   "--out, or --overwrite to replace it.")
     if moments is not None and store.read_moments() is None:
         store.write_moments(moments)
     unreadable = store.unreadable_shards()

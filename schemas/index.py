@@ -179,7 +179,7 @@ class Manifest:
         not paths, not times)."""
         cfg = {k: v for k, v in self.engine.config.to_dict().items() if k != "batch_size"}
         moments = self.engine.second_moments
-        return {"model": self.model.fingerprint, "featurizer": cfg,
+        return {"model fingerprint": self.model.fingerprint, "featurizer": cfg,
                 "second_moments": None if moments is None else to_data(moments),
                 "corpus": [(f.name, f.fingerprint) for f in self.corpus.files],
                 "reader": to_data(self.corpus.options), "layout": to_data(self.layout)}

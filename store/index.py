@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import zarr
 
+from zarr.core.sync import sync
+
 from tda.errors import CorruptShard, IndexCorrupt, IndexIncomplete, IndexMissing, NotAnIndex
 from tda.schemas.index import Manifest
 from tda.store.codec import checksum, compressor, from_storage, to_storage
@@ -129,8 +131,15 @@ class IndexStore:
             return False
 
     def shard_names(self, profile: str | None = None) -> list[str]:
-        """Names of the shard groups present (complete or not)."""
-        return sorted(self._shards(profile).group_keys()) if self._has(profile) else []
+        """Names of the shard groups present (complete or not, readable or not: the store's
+        listing, not the groups' metadata)."""
+        if not self._has(profile):
+            return []
+        group = self._shards(profile)
+
+        async def listing():
+            return [key async for key in group.store.list_dir(group.path)]
+        return sorted(k for k in sync(listing()) if k.isdigit())
 
     def _scan(self, profile: str | None) -> tuple[dict[int, dict | None], dict[int, str]]:
         status: dict[int, dict | None] = {}
@@ -168,8 +177,7 @@ class IndexStore:
         checksum) goes last, so a crash at any point leaves no shard that reads as complete."""
         shards = self._shards()
         name = shard_name(index)
-        if name in shards:
-            del shards[name]
+        _delete(shards, name)
         g = shards.create_group(name)
         n = len(rows)
         chunk = max(1, min(ROW_CHUNK, n))
@@ -196,8 +204,7 @@ class IndexStore:
         """A profile's transformed vectors [rows, d] float32 for one base shard, marker last."""
         shards = self._shards(profile)
         name = shard_name(index)
-        if name in shards:
-            del shards[name]
+        _delete(shards, name)
         g = shards.create_group(name)
         stored = to_storage(vectors, self.manifest.layout.storage_dtype)
         chunk = max(1, min(ROW_CHUNK, stored.shape[0]))
@@ -210,9 +217,7 @@ class IndexStore:
 
     def drop_shard(self, index: int, profile: str | None = None) -> None:
         """Remove a shard (it will be rebuilt)."""
-        shards = self._shards(profile)
-        if shard_name(index) in shards:
-            del shards[shard_name(index)]
+        _delete(self._shards(profile), shard_name(index))
 
     def read_shard(self, index: int, fields: tuple[str, ...] = ("vectors", "ids"),
                    profile: str | None = None, verify: bool = False) -> dict:
@@ -338,3 +343,8 @@ class IndexStore:
     def set_bm25_status(self, status: dict) -> None:
         self.root.attrs[BM25_KEY] = status
 
+
+def _delete(group: zarr.Group, name: str) -> None:
+    """Remove member ``name`` of ``group`` and everything under it, by its keys in the store:
+    works for a member whose metadata no longer parses."""
+    sync(group.store.delete_dir(f"{group.path}/{name}" if group.path else name))
