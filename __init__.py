@@ -2,7 +2,9 @@
 
 Heavy parts load on first use: ``tda.Searcher(index)`` (in process) and
 ``tda.SearchClient(url)`` (over HTTP) return the same ``tda.SearchResponse``;
-``tda.Featurizer`` and ``tda.TrackStarConfig`` are the engine.
+``tda.Featurizer`` and ``tda.TrackStarConfig`` are the engine; ``tda.SearchOptions`` and
+``tda.IndexOptions`` are the options a Searcher and an index build take; every error tda
+raises for a user is a ``tda.TdaError`` (kinds in ``tda.errors``). Design: docs/design.md.
 """
 from __future__ import annotations
 
@@ -17,6 +19,9 @@ _LAZY = {
     "SearchClient": "tda.searcher.client",
     "SearchRequest": "tda.schemas.search",
     "SearchResponse": "tda.schemas.search",
+    "SearchOptions": "tda.schemas.options",
+    "IndexOptions": "tda.schemas.options",
+    "TdaError": "tda.errors",
 }
 
 

@@ -119,6 +119,11 @@ def _setup(quiet: bool) -> None:
     setup_cli(quiet)
 
 
+def _log():
+    from tda.log import logger
+    return logger("cli")
+
+
 # --------------------------------------------------------------------------- commands
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="tda", help="Show the version and exit.")
@@ -206,7 +211,7 @@ def search_cmd(prompt, **kw):
                   load_model=any(r.mode != "bm25" or r.target is None
                                  for r in requests)) as searcher:
         for w in searcher.dense.warnings:
-            click.echo(f"warning: {w}", err=True)
+            _log().warning(w)
         responses = searcher.search_many(requests)
     if cmd.json:
         for r in responses:
@@ -300,12 +305,12 @@ def serve_cmd(index, **kw):
     cmd = pick(ServeCommand, kw)
     _setup(False)
     if cmd.host not in ("127.0.0.1", "localhost", "::1") and not cmd.token:
-        click.echo(f"warning: serving on {cmd.host} without --token: anyone who can reach "
-                   f"this port can query the index", err=True)
+        _log().warning(f"serving on {cmd.host} without --token: anyone who can reach this "
+                       f"port can query the index")
     searcher = Searcher(index, pick(SearchOptions, kw))
     for w in searcher.dense.warnings:
-        click.echo(f"warning: {w}", err=True)
-    click.echo(f"serving {index} on http://{cmd.host}:{cmd.port} (docs at /docs)", err=True)
+        _log().warning(w)
+    _log().info(f"serving {index} on http://{cmd.host}:{cmd.port} (docs at /docs)")
     try:
         serve(searcher, cmd.host, cmd.port, cmd.token, pick(ServerLimits, kw))
     finally:

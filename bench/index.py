@@ -75,6 +75,7 @@ from tda.engine import Featurizer, TrackStarConfig, collate, load_model  # noqa:
 from tda.indexer.batching import budget_batches  # noqa: E402
 from tda.indexer.documents import chunk_document, shard_documents  # noqa: E402
 from tda.schemas.corpus import CorpusOptions  # noqa: E402
+from tda.schemas.index import Layout  # noqa: E402
 
 RUNS = common.CACHE / "index-runs"
 
@@ -101,8 +102,9 @@ def indexer_batches(featurizer: Featurizer, corpus: Path, shard_size: int, batch
     max_len = featurizer.config.max_len
     n_docs = sum(1 for line in corpus.open() if line.strip())
     batches, examples, shards, text_bytes = [], 0, 0, 0
+    n_shards = Layout(shard_size=shard_size, storage_dtype="float16").shard_count(n_docs)
     for _, docs in shard_documents([corpus], CorpusOptions(), shard_size,
-                                   set(range(-(-n_docs // shard_size)))):
+                                   set(range(n_shards))):
         exs = [e for d in docs for e in chunk_document(d, featurizer.tokenizer, max_len)]
         batches += [collate([exs[i].sequence for i in idx], featurizer.pad_id)
                     for idx in budget_batches([e.sequence for e in exs], batch_tokens)]

@@ -139,7 +139,7 @@ def synthetic_index(data: Synthetic, n: int, shard_size: int) -> Path:
     cfg = data.config()
     tag = "-".join(f"{v}" for k, v in cfg.items() if k != "synthetic")
     path = common.CACHE / "search" / f"{data.kind}-{tag}-n{n}-d{data.d}-s{shard_size}"
-    n_shards = -(-n // shard_size)
+    n_shards = Layout(shard_size=shard_size, storage_dtype="float16").shard_count(n)
     if path.exists():
         try:
             store = IndexStore.open(path)
@@ -332,8 +332,7 @@ def server_index(n: int) -> tuple[Path, list[str]]:
     path = common.CACHE / "search" / f"server-gpt2tiny-{n}"
     try:
         store = IndexStore.open(path)
-        docs = store.manifest.corpus["documents"]
-        ok = len(store.complete_shards()) == -(-docs // store.manifest.layout["shard_size"]) \
+        ok = not store.unfinished_shards() \
             and (store.bm25_status or {}).get("complete") and _current(store)
     except Exception:  # noqa: BLE001
         ok = False

@@ -32,6 +32,7 @@ class TokenSequence:
 
     @property
     def n_predicted(self) -> int:
+        """Tokens that carry loss."""
         return len(self.ids) - self.n_context
 
 
@@ -49,6 +50,7 @@ class TokenBatch:
     labels: torch.Tensor
 
     def to(self, device: torch.device | str) -> "TokenBatch":
+        """The batch on ``device``."""
         return TokenBatch(*(t.to(device) for t in (self.input_ids, self.attention_mask,
                                                     self.position_ids, self.labels)))
 

@@ -33,10 +33,12 @@ class WeightProjector:
 
     @property
     def k(self) -> int:
+        """Per-side projection size k."""
         return self.p_out.shape[1] // self.blocks
 
     @property
     def dim(self) -> int:
+        """Columns of phi for this weight: blocks*k*k."""
         return self.blocks * self.k * self.k
 
 

@@ -36,6 +36,7 @@ class Features:
 
     @staticmethod
     def concat(parts: list["Features"]) -> "Features":
+        """Rows of several Features, in order."""
         return Features(*(torch.cat([getattr(p, f) for p in parts])
                           for f in ("vectors", "norm", "loss", "n_tokens")))
 

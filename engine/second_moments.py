@@ -52,6 +52,7 @@ class Moment:
 
     @property
     def shape(self) -> tuple[int, int]:
+        """The parameter's storage shape (rows, cols)."""
         if self.full is not None:
             return tuple(self.full.shape)
         return (self.row.shape[0], self.col.shape[0])

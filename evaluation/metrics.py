@@ -5,9 +5,9 @@ documents that state the fact (the query's *proponents*). Rankings over chunks (
 first reduced to documents with :func:`to_documents`, so that a document counts once, at the
 rank of its best chunk.
 
-A query with no ground-truth proponent cannot be scored: both metrics raise ``EvalError`` (a ``ValueError``) for
-an empty ``relevant`` set rather than silently counting it as a miss (filter such queries out,
-and report how many).
+A query with no ground-truth proponent cannot be scored: both metrics raise ``EvalError`` (a
+``ValueError``) for an empty ``relevant`` set rather than silently counting it as a miss
+(filter such queries out, and report how many).
 """
 from __future__ import annotations
 

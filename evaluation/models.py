@@ -11,6 +11,7 @@ from tda.errors import ConfigError
 
 @dataclass(frozen=True)
 class Preset:
+    """A model size: widths, depth, heads, positions."""
     hidden: int
     layers: int
     heads: int

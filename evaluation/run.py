@@ -41,6 +41,7 @@ RETRIEVE = 100
 
 @dataclass(frozen=True)
 class Method:
+    """One retrieval method of the table: which index variant, profile and result list."""
     label: str
     variant: str | None        # None: the given index; else an ablation index built aside
     profile: str | None        # None, "train" or "mixed"
@@ -263,6 +264,7 @@ def _fmt(s: dict | None, scale: float = 1.0, digits: int = 3) -> str:
 
 
 def render_markdown(report: dict) -> str:
+    """The report as the Markdown table of report.md."""
     rows = ["| method | MRR | recall@10 | MRR (Wikipedia) | recall@10 (Wikipedia) | "
             "tail-patch@1 Δlog p | tail-patch@10 Δlog p |",
             "|---|---|---|---|---|---|---|"]
@@ -294,6 +296,7 @@ def render_markdown(report: dict) -> str:
 
 
 def plot_report(report: dict, out: Path) -> None:
+    """Bar charts (mrr.png, recall10.png, tailpatch.png) with bootstrap intervals into ``out``."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

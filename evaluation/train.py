@@ -21,6 +21,7 @@ MIN_LR = 0.1
 
 @dataclass
 class TrainResult:
+    """The optimizer after training, the per-step losses and the final learning rate."""
     optimizer: torch.optim.Optimizer
     losses: list[float] = field(default_factory=list)   # mean loss per token, per step
     final_lr: float = 0.0
@@ -124,6 +125,7 @@ def train_benchmark_model(corpus: str | Path, out: str | Path,
 
 
 def plot_losses(losses: list[float], path: Path, title: str = "") -> None:
+    """The loss curve (log scale) as a PNG at ``path``."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -61,6 +61,7 @@ class BuildSummary:
     bm25_documents: int | None = None
 
     def to_dict(self) -> dict:
+        """The summary as a JSON-ready dict."""
         return asdict(self)
 
 

@@ -11,6 +11,7 @@ import torch.distributed as dist
 
 @dataclass(frozen=True)
 class Ranks:
+    """This process's place in the launch: rank, world size, local rank, device."""
     rank: int
     world: int
     local_rank: int
@@ -42,6 +43,7 @@ def init(timeout_s: float = 4 * 3600) -> Ranks:
 
 
 def barrier(ranks: Ranks) -> None:
+    """Wait for every rank (no-op in a single process)."""
     if ranks.distributed:
         dist.barrier()
 
@@ -75,6 +77,7 @@ def any_true(ranks: Ranks, flag: bool) -> bool:
 
 
 def shutdown() -> None:
+    """Leave the process group, if one was joined."""
     if dist.is_initialized():
         dist.destroy_process_group()
 

@@ -20,6 +20,7 @@ _SURROGATE = re.compile("[\ud800-\udfff]")   # JSON \ud800 escapes give unencoda
 
 
 def is_hf_dataset(path: Path) -> bool:
+    """A Hugging Face ``save_to_disk`` directory (dataset_info.json or dataset_dict.json)."""
     return path.is_dir() and ((path / "dataset_info.json").is_file()
                               or (path / "dataset_dict.json").is_file())
 

@@ -67,6 +67,7 @@ class TrackStarConfig:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
 
     def to_dict(self) -> dict[str, Any]:
+        """The config as a JSON-ready dict (what the manifest stores)."""
         return to_data(self)
 
     @classmethod
@@ -75,4 +76,5 @@ class TrackStarConfig:
         return from_data(cls, data)
 
     def replace(self, **changes: Any) -> "TrackStarConfig":
+        """A copy with ``changes`` (validated again)."""
         return dataclasses.replace(self, **changes)

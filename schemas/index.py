@@ -80,6 +80,7 @@ class EngineRecord:
 
 @dataclass(frozen=True)
 class CorpusFile:
+    """One corpus source as read."""
     name: str                    # resolved path
     fingerprint: str             # indexer.readers.fingerprint: sizes + first/last MiB, sha256
 
@@ -167,6 +168,7 @@ class Manifest:
     # ------------------------------------------------------------------ derived
     @property
     def dim(self) -> int:
+        """d, the vectors' dimension."""
         return self.engine.dim
 
     @property

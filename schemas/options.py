@@ -285,6 +285,7 @@ class PrepareOptions:
         return list(out)
 
     def to_dict(self) -> dict[str, Any]:
+        """The options as a JSON-ready dict (recorded in the benchmark manifest)."""
         return dataclasses.asdict(self)
 
 
@@ -354,6 +355,7 @@ class EvalRunOptions:
             raise ConfigError(f"unknown methods {unknown}; choose from {list(EVAL_METHODS)}")
 
     def method_list(self) -> list[str]:
+        """The methods, in the given order."""
         return [m.strip() for m in self.methods.split(",") if m.strip()]
 
 

@@ -50,6 +50,7 @@ class SearchClient:
         return self._call("GET", "/health").get("status") == "ok"
 
     def close(self) -> None:
+        """Close the HTTP connection pool."""
         self._http.close()
 
     def __enter__(self) -> "SearchClient":

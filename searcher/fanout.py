@@ -103,4 +103,5 @@ class DenseSearch:
         return merge(self.client.gather(futures), k)
 
     def close(self) -> None:
+        """Close the dask client (and the LocalCluster it started)."""
         self.cluster.close()

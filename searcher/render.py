@@ -13,6 +13,7 @@ def _cell(hit, width: int) -> str:
 
 
 def render(resp: SearchResponse, console: Console | None = None) -> None:
+    """Print a response as one table (a column per list) on ``console`` (default stdout)."""
     console = console or Console()
     how = " [dim](the model's greedy continuation)[/]" if resp.target_generated else ""
     console.print(f"[bold]{resp.prompt}[/][green]{resp.target}[/]{how}")

@@ -155,6 +155,7 @@ class Searcher:
         return index_info(self.index)
 
     def close(self) -> None:
+        """Stop the dense search's dask cluster."""
         self.dense.close()
 
     def __enter__(self) -> "Searcher":
@@ -215,7 +216,8 @@ class Searcher:
         snippet = text if len(text) <= SNIPPET_CHARS else text[:SNIPPET_CHARS - 1] + "…"
         return Hit(id=doc, doc_id=doc_id, snippet=snippet, score=score, ranks=ranks)
 
-    def _response(self, r: SearchRequest, target: str, generated: bool, dense, bm) -> SearchResponse:
+    def _response(self, r: SearchRequest, target: str, generated: bool, dense,
+                  bm) -> SearchResponse:
         dense_ids = []
         dense_info = {}
         for _, score, shard, row in dense:

@@ -72,5 +72,6 @@ class BM25:
         return None if rec is None else rec["contents"]
 
     def iter_ids(self) -> Iterator[str]:
+        """Every document id of the Lucene index, in its internal order."""
         for i in range(len(self)):
             yield self._searcher.doc(i).docid()

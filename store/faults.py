@@ -12,6 +12,7 @@ _hits: dict[str, int] = {}
 
 
 def crash_point(name: str) -> None:
+    """SIGKILL the process group here when ``TDA_CRASH_AT`` names this point."""
     spec = os.environ.get("TDA_CRASH_AT")
     if not spec:
         return

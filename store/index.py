@@ -341,6 +341,7 @@ class IndexStore:
         return self.root.attrs.get(BM25_KEY)
 
     def set_bm25_status(self, status: dict) -> None:
+        """Record that BM25 is built (``{"complete": True, "documents": N}``)."""
         self.root.attrs[BM25_KEY] = status
 
 

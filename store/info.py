@@ -38,7 +38,6 @@ def index_info(url: str | Path, model_dir: str | Path | None = None) -> dict:
         profiles[name] = {"complete": p.is_complete, **(p.summary or {"settings": p.settings})}
     shards = {"expected": n_shards, "complete": len(complete),
               "incomplete": sorted(i for i, s in status.items() if not s and i not in unreadable),
-              "unreadable": sorted(unreadable),
               "missing": sorted(set(range(n_shards)) - set(status))}
     problems = [f"{url}: shard {i:06d}: metadata unreadable ({why}); `tda index` (the same "
                 f"command) rebuilds it" for i, why in sorted(unreadable.items())]
@@ -59,6 +58,7 @@ def index_info(url: str | Path, model_dir: str | Path | None = None) -> dict:
         "layout": to_data(m.layout),
         "build": to_data(m.build),
         "shards": shards,
+        "unreadable_shards": sorted(unreadable),
         "examples": sum(complete.values()),
         "bm25": store.bm25_status,
         "profiles": profiles,
@@ -86,10 +86,10 @@ def render_info(info: dict) -> str:
         f"examples    {info['examples']} in {sh['complete']}/{sh['expected']} complete shards "
         f"({info['layout']['storage_dtype']}, {info['layout']['shard_size']} docs/shard)",
     ]
-    if sh["incomplete"] or sh["missing"] or sh["unreadable"]:
+    bad = info["unreadable_shards"]
+    if sh["incomplete"] or sh["missing"] or bad:
         lines.append(f"unfinished  incomplete shards {sh['incomplete'][:20]}, unreadable "
-                     f"{sh['unreadable'][:20]}, missing {sh['missing'][:20]}: rerun `tda index` "
-                     f"to finish")
+                     f"{bad[:20]}, missing {sh['missing'][:20]}: rerun `tda index` to finish")
     bm25 = info["bm25"]
     lines.append(f"bm25        {bm25['documents']} documents" if bm25 and bm25.get("complete")
                  else "bm25        not built")

@@ -48,6 +48,7 @@ class StoredProfile:
 
     @property
     def is_complete(self) -> bool:
+        """Whether the build finished (only then is the profile searched)."""
         return bool(self.summary)
 
     def write_transform(self, blocks: list[np.ndarray], info: dict) -> None:

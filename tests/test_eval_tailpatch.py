@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tda.tests import helpers
-from tda.engine.batching import TokenSequence, collate, per_example_loss, query_sequence
+from tda.engine.batching import TokenSequence, collate, pad_id, per_example_loss, query_sequence
 from tda.engine.model import load_model
 from tda.evaluation.lama import read_facts
 from tda.evaluation.models import new_model
@@ -45,7 +45,7 @@ def _reference_step(model, tok, state, text, lr, optimizer=torch.optim.AdamW, na
     opt.load_state_dict(state)
     for g in opt.param_groups:
         g["lr"] = lr
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    pad = pad_id(tok)
     seq = TokenSequence(tuple(tok(text)["input_ids"][:256]), 1)
     logits, labels = _forward(model, seq, pad)
     loss = per_example_loss(logits, labels).sum() / (labels >= 0).sum()

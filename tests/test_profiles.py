@@ -60,7 +60,7 @@ def test_mixed_profile_equals_explicit_float64(index, queries_file, gpt2_dir):
                    optimizer_state=store.read_moments())
     feats = f.featurize(f.query_sequences(QUERIES))
     q_phi = (feats.vectors * feats.norm[:, None]).double().numpy()
-    dims = [t["dim"] for t in store.manifest.featurizer["tracked"]]
+    dims = store.manifest.engine.block_dims
     slices = [slice(a, a + d) for a, d in zip(np.cumsum([0] + dims[:-1]), dims)]
     r_train = [phi[:, s].T @ phi[:, s] / len(phi) for s in slices]
     r_eval = [q_phi[:, s].T @ q_phi[:, s] / len(q_phi) for s in slices]
