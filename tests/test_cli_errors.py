@@ -120,16 +120,18 @@ def test_every_rank_raises_rank_zeros_error(base, tmp_path):
         try:
             build_index({str(base['model'])!r}, [{str(base['corpus'])!r}], {str(index)!r},
                         options=IndexOptions(shard_size=2, bm25=False), progress=False)
-        except Exception as e:
-            print(f"rank {{os.environ['RANK']}}: {{type(e).__name__}}: {{e}}")
+        except Exception as e:   # one file per rank: two ranks' prints can interleave on a pipe
+            with open(os.path.join({str(tmp_path)!r}, "rank" + os.environ["RANK"] + ".txt"), "w") as f:
+                f.write(f"rank {{os.environ['RANK']}}: {{type(e).__name__}}: {{e}}")
     """))
     with IndexLock(index, "a test"):
         out = subprocess.run([sys.executable, "-m", "torch.distributed.run",
                               "--nproc-per-node=2", "--standalone", str(script)],
                              capture_output=True, text=True, env=env(), timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    lines = sorted(line for line in out.stdout.splitlines() if line.startswith("rank "))
-    assert [line.split(":")[0] for line in lines] == ["rank 0", "rank 1"], out.stdout
+    lines = [(tmp_path / f"rank{rank}.txt").read_text() for rank in (0, 1)
+             if (tmp_path / f"rank{rank}.txt").exists()]
+    assert [line.split(":")[0] for line in lines] == ["rank 0", "rank 1"], out.stdout + out.stderr
     for line in lines:
         assert ": IndexBusy: " in line and "pid" in line and "a test" in line, line
 
