@@ -24,7 +24,8 @@ from tda.errors import TdaError, one_line
 from tda.schemas.config import TrackStarConfig
 from tda.schemas.corpus import CorpusOptions
 from tda.schemas.options import (DemoCommand, DemoOptions, EvalRunCommand, EvalRunOptions,
-                                 IndexCommand, IndexOptions, InfoCommand, PrepareCommand,
+                                 IndexCommand, IndexOptions, InfoCommand, PlanCommand,
+                                 PlanOptions, PrepareCommand,
                                  PrepareOptions, PreconditionCommand, PreconditionOptions,
                                  SearchCommand, SearchOptions, ServeCommand, ServerLimits,
                                  TrainCommand, TrainOptions, VerifyCommand)
@@ -170,6 +171,28 @@ def index_cmd(more_corpus, **kw):
     if s.bm25_documents is not None:
         click.echo(f"bm25: {s.bm25_documents} documents")
     click.echo(f"index: {s.index}")
+
+
+@cli.command("plan")
+@options(PlanCommand)
+@options(PlanOptions)
+@options(IndexOptions)
+@options(CorpusOptions)
+@options(TrackStarConfig)
+def plan_cmd(**kw):
+    """Memory per device and host, index size and time of a `tda index` run, before running
+    it: weights (sharded or not), activations and hook buffers at the batch and --max-len
+    (measured on narrow copies of the model), projections, shard buffers, disk, hours.
+
+    Example: tda plan --model llama-3-8b/config.json --tokens 160e9 --max-len 2048
+    --dtype bfloat16 --batch-tokens 4096 --nodes 8 --devices-per-node 8 --no-bm25
+    """
+    from tda.indexer.plan import make_plan, render_plan
+    cmd = pick(PlanCommand, kw)
+    _setup(cmd.json)
+    plan = make_plan(cmd.model, list(cmd.corpus), pick(PlanOptions, kw),
+                     pick(TrackStarConfig, kw), pick(IndexOptions, kw), pick(CorpusOptions, kw))
+    click.echo(json.dumps(plan.to_dict(), indent=2) if cmd.json else render_plan(plan))
 
 
 @cli.command("info")

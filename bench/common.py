@@ -48,6 +48,34 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+# Runs a command and writes its peak RSS (KiB) to argv[1]. A fresh, small parent: a child
+# forked straight from a large benchmark process would inherit that process's RSS high-water
+# mark in its own ru_maxrss (Linux records the old address space's peak at exec).
+_RSS_WRAPPER = """
+import resource, subprocess, sys
+rc = subprocess.call(sys.argv[2:])
+open(sys.argv[1], "w").write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))
+sys.exit(rc)
+"""
+
+
+def run_peak_rss(cmd: list[str], env: dict, log: Path) -> tuple[float, str, float]:
+    """Run ``cmd`` (stderr to ``log``): (wall seconds, its stdout, its peak RSS in MiB, the
+    largest of the command and its children). Raises with the log's tail if it fails."""
+    import subprocess
+    import sys
+    rss = log.with_suffix(".rss")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as err:
+        start = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-c", _RSS_WRAPPER, str(rss)] + cmd,
+                              stdout=subprocess.PIPE, stderr=err, env=env, text=True)
+        seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd[:4]} failed ({proc.returncode}): {log.read_text()[-2000:]}")
+    return seconds, proc.stdout, int(rss.read_text()) / 1024
+
+
 def best_of(fn, rounds: int) -> float:
     """Fastest wall time of ``rounds`` calls of fn(), seconds."""
     times = []

@@ -119,17 +119,6 @@ def run_engine(featurizer: Featurizer, batches) -> None:
         featurizer.featurize_batch(b)
 
 
-# Runs a command and writes its peak RSS (KiB) to argv[1]. A fresh, small parent: a child
-# forked straight from this (large) process would inherit this process's RSS high-water mark
-# in its own ru_maxrss (Linux records the old address space's peak at exec).
-_RSS_WRAPPER = """
-import resource, subprocess, sys
-rc = subprocess.call(sys.argv[2:])
-open(sys.argv[1], "w").write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))
-sys.exit(rc)
-"""
-
-
 def run_index(model_dir: Path, corpus: Path, out: Path, args, bm25: bool) -> dict:
     """One `tda index` in a child process: wall seconds, its JSON summary, its peak RSS."""
     shutil.rmtree(out, ignore_errors=True)
@@ -138,17 +127,8 @@ def run_index(model_dir: Path, corpus: Path, out: Path, args, bm25: bool) -> dic
            "--shard-size", str(args.shard_size), "--batch-tokens", str(args.batch_tokens),
            "--max-len", str(args.max_len), "--bm25" if bm25 else "--no-bm25"]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-    log, rss = out.with_suffix(".log"), out.with_suffix(".rss")
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("w") as err:
-        start = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-c", _RSS_WRAPPER, str(rss)] + cmd,
-                              stdout=subprocess.PIPE, stderr=err, env=env)
-        seconds = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise RuntimeError(f"tda index failed ({proc.returncode}): {log.read_text()[-2000:]}")
-    return {"seconds": seconds, "summary": json.loads(proc.stdout),
-            "peak_rss_mb": int(rss.read_text()) / 1024}
+    seconds, stdout, peak = common.run_peak_rss(cmd, env, out.with_suffix(".log"))
+    return {"seconds": seconds, "summary": json.loads(stdout), "peak_rss_mb": peak}
 
 
 def du_bytes(path: Path) -> dict:

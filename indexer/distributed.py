@@ -88,14 +88,14 @@ def fully_shard_model(model: torch.nn.Module, ranks: Ranks) -> torch.nn.Module:
     from torch.distributed.fsdp import fully_shard
 
     mesh = init_device_mesh(ranks.device.type, (ranks.world,))
-    blocks = _transformer_blocks(model)
+    blocks = transformer_blocks(model)
     for block in blocks:
         fully_shard(block, mesh=mesh, reshard_after_forward=True)
     fully_shard(model, mesh=mesh, reshard_after_forward=True)
     return model
 
 
-def _transformer_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
+def transformer_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
     """The repeated decoder layers: the largest ModuleList in the model."""
     lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList)]
     if not lists:

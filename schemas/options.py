@@ -95,6 +95,62 @@ class IndexCommand:
     json: bool = _json()
 
 
+# --------------------------------------------------------------------------- tda plan
+@dataclass(frozen=True)
+class PlanOptions:
+    """What `tda plan` assumes about the corpus, the machines and their speed (the engine's
+    TrackStarConfig and the IndexOptions are those of the `tda index` run planned)."""
+
+    tokens: float = doc("Corpus tokens, when no --corpus files are given (160e9 is fine).",
+                        default=0)
+    documents: float = doc("Corpus documents, with --tokens (0: every example a full "
+                           "--max-len chunk, the fewest examples possible).", default=0)
+    bytes_per_token: float = doc("UTF-8 bytes of text per token, with --tokens (measured from "
+                                 "the corpus when files are given).", default=4.0)
+    sample_records: int = doc("Records read from the start of each corpus file to measure "
+                              "tokens per document (the rest is extrapolated by size).",
+                              default=2000)
+    nodes: int = doc("Nodes.", default=1)
+    devices_per_node: int = doc("Devices (ranks) per node.", default=1)
+    device: Literal["cuda", "cpu"] = doc("Device kind: cuda (memory per GPU, plus the host "
+                                         "per rank) or cpu (one memory).", default="cuda")
+    device_memory_gb: float = doc("Memory of one device, GB (10^9 bytes).", default=80.0)
+    tokens_per_s: float = doc("Featurize throughput of one device, tokens/s, as measured "
+                              "(0: from --throughput-json, else from --tflops).", default=0.0)
+    throughput_json: str = doc("JSON printed by bench/featurize.py or bench/gpu.py: its "
+                               "featurize tokens/s (one device).", default="")
+    tflops: float = doc("Dense peak of one device in the model dtype, TFLOP/s (H100 SXM "
+                        "bfloat16: 989), for the time when no throughput is given.",
+                        default=989.0)
+    utilization: float = doc("Fraction of --tflops sustained.", default=0.4)
+
+    def __post_init__(self) -> None:
+        minimums = {"tokens": 0, "documents": 0, "tokens_per_s": 0, "nodes": 1,
+                    "devices_per_node": 1, "sample_records": 1}
+        for name, least in minimums.items():
+            if getattr(self, name) < least:
+                raise ConfigError(f"{name} must be >= {least}, got {getattr(self, name)}")
+        for name in ("bytes_per_token", "device_memory_gb", "tflops", "utilization"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+
+    @property
+    def world(self) -> int:
+        """Ranks in all."""
+        return self.nodes * self.devices_per_node
+
+
+@dataclass(frozen=True)
+class PlanCommand:
+    """`tda plan`: which model and corpus to plan for, and how to report."""
+
+    model: str = doc("Model directory, its config.json, or a Hub id in the local Hugging Face "
+                     "cache (nothing is downloaded).")
+    corpus: tuple[str, ...] = doc("Corpus files or directories, as for tda index (or give "
+                                  "--tokens).", default=())
+    json: bool = _json()
+
+
 # --------------------------------------------------------------------------- tda info / verify
 @dataclass(frozen=True)
 class InfoCommand:
