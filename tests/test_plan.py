@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from indexing import tda, write_corpus
+from tda.tests.indexing import tda, write_corpus
 
 from tda.engine.memory import LiveBytes, activation_profile
 from tda.errors import ModelError
