@@ -1,10 +1,15 @@
 """`tda index`: stream a corpus through the model into a resumable Zarr index (+ BM25).
 
-Work unit: a shard = ``shard_size`` consecutive valid documents. Rank 0 scans the corpus
-(validation, counts, duplicate ids), creates or checks the manifest and hands the incomplete
-shards out round-robin; each rank featurizes and writes its own shards; rank 0 then builds the
-Lucene index from the shards' texts. Re-running the same command resumes. What rank 0 decides
-alone reaches every rank through ``_on_main``, errors included (as the same error type).
+Work unit: a shard = ``shard_size`` consecutive examples of the corpus (chunks of at most
+``max_len`` tokens), whatever the documents. The ranks scan the corpus together, each its byte
+range (indexer/scan.py: validation, counts, duplicate ids, where each shard starts), unless the
+index already holds a scan of the same files; rank 0 creates or checks the manifest; the ranks
+verify the complete shards between them; the shards still to build are split into runs of
+consecutive shards of about equal tokens, one per rank, and each rank reads its run from the
+corpus (nothing else), featurizes and writes it; rank 0 then builds the Lucene index from the
+shards' texts. Re-running the same command resumes, with any number of ranks. What rank 0
+decides alone reaches every rank through ``_on_main``, errors included (as the same error
+type).
 """
 from __future__ import annotations
 
@@ -24,11 +29,13 @@ from tda.errors import (BuildError, IndexMissing, IndexUnusable, NotAnIndex, Set
                         TdaError)
 from tda.indexer import distributed
 from tda.indexer.batching import budget_batches
-from tda.indexer.documents import (CorpusScan, Example, chunk_document, scan_corpus,
-                                   shard_documents, valid_documents)
-from tda.indexer.readers import corpus_files, fingerprint
+from tda.indexer.documents import ShardReader, valid_documents
+from tda.indexer.readers import READ, corpus_files
+from tda.indexer.scan import (CorpusScan, file_keys, scan_corpus, scan_from_record, scan_record,
+                              token_counter)
 from tda.log import logger, progress as progress_bar
 from tda.schemas.corpus import CorpusOptions
+from tda.schemas.fields import to_data
 from tda.schemas.index import (BuildRecord, CorpusFile, CorpusRecord, Layout, Manifest,
                                ModelRecord)
 from tda.schemas.options import IndexOptions
@@ -59,6 +66,9 @@ class BuildSummary:
     tokens_per_s: float = 0.0
     ranks: int = 1
     bm25_documents: int | None = None
+    scanned: bool = True                  # False: the corpus scan stored in the index was reused
+    scan_bytes_read: list[int] = field(default_factory=list)   # per rank, by the scan
+    bytes_read: list[int] = field(default_factory=list)        # per rank, reading shards
 
     def to_dict(self) -> dict:
         """The summary as a JSON-ready dict."""
@@ -114,19 +124,26 @@ def _on_main(ranks: distributed.Ranks, fn):
 def _build(ranks, model_dir, corpus, out, config, options, corpus_options, overwrite, progress,
            started) -> BuildSummary:
     files = _on_main(ranks, lambda: [str(p) for p in corpus_files(corpus)])
-    scan: CorpusScan = _on_main(ranks, lambda: scan_corpus(files, corpus_options))
-    if scan.documents == 0:
-        raise BuildError(f"the corpus has no documents to index ({scan.empty} empty, "
-                         f"{scan.bad} bad records)")
     # with FSDP the full model is never on the device: loaded on the CPU, sharded, and each
     # rank's shard moves to its device
     model, tokenizer = load_model(model_dir, dtype=config.dtype,
                                   device="cpu" if options.fsdp else ranks.device)
     fp = _on_main(ranks, lambda: model_fingerprint(model_dir))
-
+    sources = file_keys(files, ranks)          # each rank fingerprints its share of the files
     if overwrite and ranks.is_main:
         location.remove(out)
     distributed.barrier(ranks)
+    key = {"files": sources, "reader": to_data(corpus_options), "tokenizer": fp,
+           "max_len": config.max_len, "shard_size": options.shard_size}
+    scan = _on_main(ranks, lambda: _stored_scan(out, key))
+    rescanned = scan is None
+    if rescanned:                              # every rank reads its byte range of the corpus
+        scan = scan_corpus(files, corpus_options, token_counter(tokenizer), config.max_len,
+                           options.shard_size, ranks=ranks)
+    if scan.documents == 0 or scan.examples == 0:
+        raise BuildError(f"the corpus has no documents to index ({scan.documents} documents "
+                         f"of at least 2 tokens: {scan.examples} examples; {scan.empty} empty, "
+                         f"{scan.bad} bad records)")
     moments = _second_moments(ranks, model, tokenizer, model_dir, files, corpus_options,
                               config, options, out)
     if options.fsdp:
@@ -139,26 +156,36 @@ def _build(ranks, model_dir, corpus, out, config, options, corpus_options, overw
                           architecture=type(model).__name__.replace("FSDP", ""),
                           tokenizer=type(tokenizer).__name__),
         engine=featurizer.record(),
-        corpus=CorpusRecord(files=tuple(CorpusFile(str(Path(f).resolve()), fingerprint(Path(f)))
-                                        for f in files),
-                            options=corpus_options, documents=scan.documents),
-        layout=Layout(shard_size=options.shard_size, storage_dtype=options.storage_dtype),
+        corpus=CorpusRecord(files=tuple(CorpusFile(k["name"], k["fingerprint"])
+                                        for k in sources),
+                            options=corpus_options, documents=scan.documents,
+                            examples=scan.examples),
+        layout=Layout(shard_size=options.shard_size, storage_dtype=options.storage_dtype,
+                      shard_unit="examples"),
         build=BuildRecord(index=options, ranks=ranks.world),
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         tool_version=__version__)
     n_shards = manifest.n_shards
-    todo, already = _on_main(ranks, lambda: _open_or_create(out, manifest, moments))
+    complete = _on_main(ranks, lambda: _open_or_create(out, manifest, moments, scan, key,
+                                                       rescanned))
     store = IndexStore.open(out, mode="r+")
-    mine = todo[ranks.rank::ranks.world]
+    # resuming: trust no shard unchecked; the ranks verify the complete shards between them
+    broken = _verify_shards(ranks, store, complete)
+    todo = [i for i in range(n_shards) if i not in set(complete) - set(broken)]
+    mine = assign_shards(todo, scan.shards.tokens, ranks.world)[ranks.rank]
 
     summary = BuildSummary(index=out, documents=scan.documents, shards_total=n_shards,
-                           shards_already_complete=already, skipped_empty=scan.empty,
-                           skipped_bad=scan.bad, ranks=ranks.world,
-                           skipped_examples=scan.examples_of_bad + scan.examples_of_empty)
+                           shards_already_complete=len(complete) - len(broken),
+                           skipped_empty=scan.empty, skipped_bad=scan.bad, ranks=ranks.world,
+                           skipped_examples=scan.examples_of_bad + scan.examples_of_empty,
+                           scanned=rescanned, scan_bytes_read=scan.bytes_read)
+    before = READ.bytes
     written, examples, tokens = _featurize_shards(ranks, featurizer, store, files,
-                                                  corpus_options, options, mine, progress)
-    totals = distributed.gather(ranks, (written, examples, tokens))   # all shards written
+                                                  corpus_options, scan, mine, options,
+                                                  progress)
+    totals = distributed.gather(ranks, (written, examples, tokens, READ.bytes - before))
     summary.shards_written = sum(t[0] for t in totals)
+    summary.bytes_read = [t[3] for t in totals]
     if ranks.is_main:          # the other ranks are done; rank 0 checks and builds BM25 alone
         missing = store.unfinished_shards()
         if missing:
@@ -173,10 +200,23 @@ def _build(ranks, model_dir, corpus, out, config, options, corpus_options, overw
     return summary
 
 
-def _open_or_create(out: str, manifest: Manifest,
-                    moments: SecondMoments | None) -> tuple[list[int], int]:
+def _stored_scan(out: str, key: dict) -> CorpusScan | None:
+    """The scan stored in the index at ``out`` when it was made from the same files (name,
+    size, mtime, fingerprint), reader options, tokenizer, max_len and shard size."""
+    try:
+        stored = IndexStore.open(out).read_scan()
+    except IndexUnusable:
+        return None
+    if stored is None or stored[1].get("key") != key:
+        return None
+    return scan_from_record(*stored)
+
+
+def _open_or_create(out: str, manifest: Manifest, moments: SecondMoments | None,
+                    scan: CorpusScan, key: dict, rescanned: bool) -> list[int]:
     """Create the index, or check that the existing one was built with the same settings, and
-    make sure it holds the second moments. Returns (shards to build, shards already complete)."""
+    make sure it holds the second moments and the corpus scan. Returns the shards marked
+    complete (to verify: ``_verify_shards``)."""
     try:
         store = IndexStore.open(out, mode="r+")
     except IndexMissing:
@@ -186,28 +226,65 @@ def _open_or_create(out: str, manifest: Manifest,
     except IndexUnusable as e:
         raise type(e)(f"{e}; use another --out, or --overwrite to replace it") from None
     else:
+        old = store.manifest.layout
+        if old.shard_unit != "examples":
+            raise SettingsMismatch(
+                f"{out}: an index of schema {store.manifest.schema_version} with shards of "
+                f"{old.shard_size} documents; it stays searchable as it is, but this tda builds "
+                f"shards of examples and cannot resume it: build into another --out, or "
+                f"--overwrite")
         diffs = store.manifest.differences(manifest)
         if diffs:
             raise SettingsMismatch(f"{out} is an index built with other settings (the index's "
                                    f"vs this build's, model {manifest.model.path}); refusing "
                                    f"to mix (" + "; ".join(diffs[:5]) + "). Use another "
                                    "--out, or --overwrite to replace it.")
+    if rescanned:
+        stored = store.read_scan()
+        if stored is not None and not scan_from_record(*stored).shards.equals(scan.shards):
+            raise SettingsMismatch(f"{out}: the corpus does not scan as it did when the index "
+                                   f"was built (its shards would hold other examples); use "
+                                   f"another --out, or --overwrite")
+        store.write_scan(*scan_record(scan, key))
     if moments is not None and store.read_moments() is None:
         store.write_moments(moments)
     unreadable = store.unreadable_shards()
     for shard, why in sorted(unreadable.items()):
         log.warning(f"rebuilding {out}: shard {shard:06d}: metadata unreadable ({why})")
         store.drop_shard(shard)
-    for shard in sorted(store.complete_shards()):      # resuming: trust no shard unchecked
-        problem = store.verify_shard(shard)
-        if problem:
-            log.warning(f"rebuilding {problem}")
-            store.drop_shard(shard)
     complete = store.complete_shards()
     stray = sorted(i for i in complete if i >= manifest.n_shards)
     if stray:
         raise BuildError(f"{out}: has shards beyond the corpus ({stray[:5]}): not this corpus")
-    return [i for i in range(manifest.n_shards) if i not in complete], len(complete)
+    return sorted(complete)
+
+
+def _verify_shards(ranks, store: IndexStore, complete: list[int]) -> list[int]:
+    """Each rank reads back its share of the complete shards against their checksums and drops
+    the broken ones; returns every rank's broken shards."""
+    broken = []
+    for shard in complete[ranks.rank::ranks.world]:
+        problem = store.verify_shard(shard)
+        if problem:
+            log.warning(f"rebuilding {problem}")
+            store.drop_shard(shard)
+            broken.append(shard)
+    return sorted(s for got in distributed.gather(ranks, broken) for s in got)
+
+
+def assign_shards(todo: list[int], tokens, world: int) -> list[list[int]]:
+    """Split the shards to build into ``world`` runs of consecutive shards with about equal
+    tokens (rank r gets the shards whose middle token falls in the r-th share): each rank
+    reads one stretch of the corpus, and the ranks finish together."""
+    weights = [max(int(tokens[s]), 1) for s in todo]
+    total = sum(weights)
+    out: list[list[int]] = [[] for _ in range(world)]
+    done = 0
+    for shard, w in zip(todo, weights):
+        rank = min(world - 1, int((done + w / 2) * world // total))
+        out[rank].append(shard)
+        done += w
+    return out
 
 
 def _second_moments(ranks, model, tokenizer, model_dir, files, corpus_options, config,
@@ -242,27 +319,31 @@ def _second_moments(ranks, model, tokenizer, model_dir, files, corpus_options, c
 
 
 def _featurize_shards(ranks, featurizer: Featurizer, store: IndexStore, files, corpus_options,
-                      options: IndexOptions, mine: list[int], show_progress: bool):
-    """Featurize and write this rank's shards. With FSDP every rank steps in lockstep (a rank
-    without work runs a throwaway batch) because each forward gathers weights from all ranks."""
+                      scan: CorpusScan, mine: list[int], options: IndexOptions,
+                      show_progress: bool):
+    """Featurize and write this rank's shards, reading each from its start in the corpus.
+    With FSDP every rank steps in lockstep (a rank without work runs a throwaway batch)
+    because each forward gathers weights from all ranks."""
     max_len = featurizer.config.max_len
-    layout, corpus_documents = store.manifest.layout, store.manifest.corpus.documents
-    bar = _Bar(sum(layout.documents_in(s, corpus_documents) for s in mine), ranks.world) \
+    layout = store.manifest.layout
+    bar = _Bar(sum(layout.units_in(s, scan.examples) for s in mine), ranks.world) \
         if show_progress and ranks.is_main else None
+    reader = ShardReader([Path(f) for f in files], corpus_options, featurizer.tokenizer,
+                         max_len)
     written = examples = tokens = 0
 
     def work():
-        for shard, docs in shard_documents(files, corpus_options, options.shard_size, set(mine)):
-            exs: list[Example] = [e for d in docs
-                                  for e in chunk_document(d, featurizer.tokenizer, max_len)]
+        for shard in mine:
+            exs = reader.read(scan.shards.start(shard), layout.units_in(shard, scan.examples))
             rows = ShardRows.empty(exs, featurizer.dim)      # filled batch by batch
             batches = budget_batches([e.sequence for e in exs], options.batch_tokens)
             for j, idx in enumerate(batches):
-                yield shard, rows, idx, j == len(batches) - 1, len(docs)
+                yield shard, rows, idx, j == len(batches) - 1
 
     items = work()
     dummy = collate([featurizer.example_sequences(["a b"])[0]], featurizer.pad_id) \
         if options.fsdp else None
+    shard_started = time.perf_counter()
     while True:
         item = next(items, None)
         if options.fsdp and not distributed.any_true(ranks, item is not None):
@@ -272,7 +353,7 @@ def _featurize_shards(ranks, featurizer: Featurizer, store: IndexStore, files, c
                 break
             featurizer.featurize_batch(dummy)
             continue
-        shard, rows, idx, last, shard_docs = item
+        shard, rows, idx, last = item
         feats = featurizer.featurize_batch(collate([rows.sequences[i] for i in idx],
                                                    featurizer.pad_id))
         rows.fill(idx, feats.vectors.numpy(), feats.norm.numpy(), feats.loss.numpy(),
@@ -280,9 +361,10 @@ def _featurize_shards(ranks, featurizer: Featurizer, store: IndexStore, files, c
         n_tok = int(feats.n_tokens.sum())
         tokens += n_tok
         if bar:
-            bar.advance(n_tok, shard_docs if last else 0)
+            bar.advance(n_tok, len(rows) if last else 0)
         if last:
-            store.write_shard(shard, rows)
+            store.write_shard(shard, rows, seconds=time.perf_counter() - shard_started)
+            shard_started = time.perf_counter()
             written += 1
             examples += len(rows)
     if bar:
@@ -325,25 +407,25 @@ def _build_bm25(store: IndexStore) -> int | None:
 
 
 class _Bar:
-    """Rank 0's progress: documents, tokens/s, ETA."""
+    """Rank 0's progress: examples, tokens/s, ETA."""
 
-    def __init__(self, total_docs: int, world: int):
+    def __init__(self, total: int, world: int):
         from rich.progress import (BarColumn, MofNCompleteColumn, TextColumn,
                                    TimeElapsedColumn, TimeRemainingColumn)
         self.progress = progress_bar(TextColumn("[bold]index[/] rank 0/{task.fields[world]}"),
-                                     BarColumn(), MofNCompleteColumn(), TextColumn("docs"),
+                                     BarColumn(), MofNCompleteColumn(), TextColumn("examples"),
                                      TextColumn("{task.fields[tps]} tok/s"),
                                      TimeElapsedColumn(), TextColumn("ETA"),
                                      TimeRemainingColumn())
-        self.task = self.progress.add_task("index", total=total_docs, world=world, tps="-")
+        self.task = self.progress.add_task("index", total=total, world=world, tps="-")
         self.tokens = 0
         self.start = time.perf_counter()
         self.progress.start()
 
-    def advance(self, tokens: int, docs: int) -> None:
+    def advance(self, tokens: int, examples: int) -> None:
         self.tokens += tokens
         tps = self.tokens / max(time.perf_counter() - self.start, 1e-9)
-        self.progress.update(self.task, advance=docs, tps=f"{tps:,.0f}")
+        self.progress.update(self.task, advance=examples, tps=f"{tps:,.0f}")
 
     def close(self) -> None:
         self.progress.stop()

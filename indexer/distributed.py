@@ -5,6 +5,7 @@ import datetime
 import os
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -64,6 +65,21 @@ def gather(ranks: Ranks, obj) -> list:
     out = [None] * ranks.world
     dist.all_gather_object(out, obj)
     return out
+
+
+def exchange_rows(ranks: Ranks, outgoing: list[np.ndarray]) -> np.ndarray:
+    """All-to-all of int64 rows: ``outgoing[q]`` [n_q, width] goes to rank q; returns the rows
+    every rank sent here, in rank order, [n, width]."""
+    width = outgoing[0].shape[1]
+    device = ranks.device if ranks.device.type == "cuda" else torch.device("cpu")
+    counts = torch.tensor([len(o) for o in outgoing], dtype=torch.int64, device=device)
+    incoming = torch.empty_like(counts)
+    dist.all_to_all_single(incoming, counts)
+    send = torch.from_numpy(np.ascontiguousarray(np.concatenate(outgoing).reshape(-1))).to(device)
+    recv = torch.empty(int(incoming.sum()) * width, dtype=torch.int64, device=device)
+    dist.all_to_all_single(recv, send, output_split_sizes=(incoming * width).tolist(),
+                           input_split_sizes=(counts * width).tolist())
+    return recv.cpu().numpy().reshape(-1, width)
 
 
 def any_true(ranks: Ranks, flag: bool) -> bool:

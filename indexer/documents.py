@@ -1,90 +1,28 @@
-"""From corpus records to the examples of each shard: validation, skipping, chunking."""
+"""From corpus records to the examples of each shard: validation, skipping, chunking, and
+reading one shard's examples from where the scan says it starts."""
 from __future__ import annotations
 
-import array
-import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator
-
-import numpy as np
 
 from tda.engine.batching import TokenSequence
 from tda.errors import CorpusError
-from tda.indexer.readers import read_corpus
+from tda.indexer.readers import Span, read_corpus, read_source
 from tda.schemas.corpus import BadRecord, CorpusOptions, Document
 
-MAX_REPORTED = 20
 
-
-@dataclass
-class CorpusScan:
-    """What a pass over the corpus found: documents kept, and what was skipped and why."""
-
-    documents: int = 0
-    empty: int = 0
-    bad: int = 0
-    examples_of_bad: list[str] = field(default_factory=list)
-    examples_of_empty: list[str] = field(default_factory=list)
-
-
-def valid_documents(paths, options: CorpusOptions, scan: CorpusScan | None = None
-                    ) -> Iterator[Document]:
-    """The documents that get indexed, in corpus order: bad records stop the stream with a
-    CorpusError naming file and line (or are skipped and counted with ``skip_bad``); empty
-    texts are skipped and counted. Every rank applies the same rule, so document ordinals agree.
-    """
-    scan = scan if scan is not None else CorpusScan()
+def valid_documents(paths, options: CorpusOptions) -> Iterator[Document]:
+    """The documents that get indexed, in corpus order, from the start: bad records stop the
+    stream with a CorpusError naming file and line (or are skipped with ``skip_bad``); empty
+    texts are skipped (the scan, indexer/scan.py, counts both)."""
     for rec in read_corpus(paths, options):
         if isinstance(rec, BadRecord):
             if not options.skip_bad:
                 raise CorpusError(f"{rec} (use --skip-bad to skip and count such records)")
-            scan.bad += 1
-            if len(scan.examples_of_bad) < MAX_REPORTED:
-                scan.examples_of_bad.append(str(rec))
             continue
-        if not rec.text.strip():
-            scan.empty += 1
-            if len(scan.examples_of_empty) < MAX_REPORTED:
-                scan.examples_of_empty.append(f"{rec.source}:{rec.line}")
-            continue
-        scan.documents += 1
-        yield rec
-
-
-def scan_corpus(paths, options: CorpusOptions) -> CorpusScan:
-    """Read the whole corpus once: counts, bad records, and duplicate ids (an error naming both
-    places). Memory: a 64-bit id hash per document in a flat array (8 bytes; up to 16 while
-    it grows. A Python set of them took ~80 bytes a document: 6 GB on rank 0 for 78M
-    documents). Repeated hashes are found by sorting after the pass; only then is the corpus
-    read again, keeping just the documents with a repeated hash, to name both places (two ids
-    whose hashes merely collide are no error)."""
-    scan = CorpusScan()
-    hashes = array.array("Q")
-    for doc in valid_documents(paths, options, scan):
-        hashes.append(_id_hash(doc.id))
-    if len(hashes) > 1:
-        keys = np.frombuffer(hashes, dtype=np.uint64)
-        keys.sort()                      # in place: the array's own buffer
-        repeated = keys[1:][keys[1:] == keys[:-1]]
-        if repeated.size:
-            _raise_duplicate(paths, options, set(repeated.tolist()))
-    return scan
-
-
-def _raise_duplicate(paths, options: CorpusOptions, suspects: set[int]) -> None:
-    """CorpusError at the first document whose id was seen before, naming the earlier one."""
-    first: dict[str, Document] = {}
-    for doc in valid_documents(paths, options):
-        if _id_hash(doc.id) not in suspects:
-            continue
-        if doc.id in first:
-            raise CorpusError(f"{doc.source}:{doc.line}: duplicate id {doc.id!r} "
-                              f"(first at {first[doc.id].source}:{first[doc.id].line})")
-        first[doc.id] = doc
-
-
-def _id_hash(doc_id: str) -> int:
-    return int.from_bytes(hashlib.blake2b(doc_id.encode(), digest_size=8).digest(), "little")
+        if rec.text.strip():
+            yield rec
 
 
 @dataclass(frozen=True)
@@ -119,23 +57,64 @@ def chunk_document(doc: Document, tokenizer, max_len: int) -> list[Example]:
     return out
 
 
-def shard_documents(paths, options: CorpusOptions, shard_size: int,
-                    wanted: set[int]) -> Iterator[tuple[int, list[Document]]]:
-    """(shard index, its documents) for the shards in ``wanted``, in order. Shard s holds valid
-    documents [s * shard_size, (s + 1) * shard_size). Stops once every wanted shard is out."""
-    if not wanted:
-        return
-    last = max(wanted)
-    current: list[Document] = []
-    shard = 0
-    for i, doc in enumerate(valid_documents(paths, options)):
-        shard = i // shard_size
-        if shard > last:
-            return
-        if shard in wanted:
-            current.append(doc)
-            if (i + 1) % shard_size == 0:
-                yield shard, current
-                current = []
-    if current:
-        yield shard, current
+class ShardReader:
+    """Reads shards' examples from where the scan says each starts (source, position, line and
+    chunk of its first document: indexer/scan.py's ShardTable), chunking documents as it goes.
+    Reads nothing before a shard's start and stops at its last document; the next shard of the
+    corpus continues the same read, so a rank reading a run of consecutive shards reads each
+    byte once. Holds at most one shard's examples and the rest of one document."""
+
+    def __init__(self, files: list[Path], options: CorpusOptions, tokenizer, max_len: int):
+        self.files, self.options = files, options
+        self.tokenizer, self.max_len = tokenizer, max_len
+        self._docs: Iterator[tuple[int, int, Document]] | None = None
+        self._pending: list[Example] = []         # the rest of a document cut by a shard end
+        self._at: tuple[int, int, int] | None = None  # (source, position, chunk) of _pending[0]
+
+    def _documents(self, source: int, position: int, line: int
+                   ) -> Iterator[tuple[int, int, Document]]:
+        for i in range(source, len(self.files)):
+            span = Span(position, None, line) if i == source else Span()
+            for pos, rec in read_source(self.files[i], self.options, span):
+                if isinstance(rec, BadRecord):
+                    if self.options.skip_bad:
+                        continue
+                    raise CorpusError(f"{rec}: not in the corpus as scanned (changed since?)")
+                if rec.text.strip():
+                    yield i, pos, rec
+
+    def _pull(self, skip: int) -> bool:
+        """The next document of the open read, chunked, its first ``skip`` chunks dropped."""
+        item = next(self._docs, None) if self._docs is not None else None
+        if item is None:
+            self._docs, self._pending, self._at = None, [], None
+            return False
+        i, pos, doc = item
+        self._pending = chunk_document(doc, self.tokenizer, self.max_len)[skip:]
+        self._at = (i, pos, skip)
+        return True
+
+    def read(self, start: tuple[int, int, int, int], rows: int) -> list[Example]:
+        """The ``rows`` examples of the shard that begins at ``start``."""
+        source, position, line, chunk = start
+        if self._docs is not None and not self._pending:
+            self._pull(0)                   # the previous shard ended with a document
+        if self._at != (source, position, chunk):        # not where the last read stopped
+            self._docs = self._documents(source, position, line)
+            if not self._pull(chunk) or self._at[:2] != (source, position):
+                raise CorpusError(f"{self.files[source]}: no document at position {position} "
+                                  f"(changed since it was scanned?)")
+        out: list[Example] = []
+        while True:
+            take = self._pending[:rows - len(out)]
+            out += take
+            self._pending = self._pending[len(take):]
+            if self._pending:
+                i, pos, ch = self._at
+                self._at = (i, pos, ch + len(take))
+            if len(out) == rows:
+                return out
+            if not self._pull(0):
+                raise CorpusError(f"{self.files[source]}: the corpus ended {rows - len(out)} "
+                                  f"examples short of a shard starting at position {position} "
+                                  f"(changed since it was scanned?)")

@@ -15,11 +15,16 @@ manifests that lack it still read) keeps the version, as the ``build`` record do
 (``None`` or an empty value), write it in the indexer, and read it where it is used, handling
 the default. A reader older than the field refuses the manifest ("unknown fields"): it never
 silently ignores what it does not understand.
+
+Version 2 (this tda) sizes shards in examples (``Layout.shard_unit`` "examples", whatever the
+documents) and records the corpus' examples; tda 0.1.0 would have read its ``shard_size`` as
+documents, so the version changed. Version 1 indexes still read (searched, inspected,
+verified, preconditioned) with ``shard_unit`` "documents"; `tda index` refuses to resume one.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from tda.errors import SchemaVersionMismatch
 from tda.schemas.config import TrackStarConfig
@@ -27,7 +32,8 @@ from tda.schemas.corpus import CorpusOptions
 from tda.schemas.fields import from_data, to_data
 from tda.schemas.options import IndexOptions
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)   # 1: tda 0.1.0, shards of documents (searchable, not resumable)
 
 
 @dataclass(frozen=True)
@@ -92,22 +98,29 @@ class CorpusRecord:
     files: tuple[CorpusFile, ...]
     options: CorpusOptions
     documents: int               # valid (indexed) documents, in corpus order
+    examples: int | None = None  # the examples they make (chunks of max_len tokens); None:
+                                 # schema 1, which did not record it
 
 
 @dataclass(frozen=True)
 class Layout:
-    """How examples are laid out in shards (what every reader needs)."""
+    """How examples are laid out in shards (what every reader needs). Schema 2: shard s holds
+    examples [s*n, (s+1)*n) of the corpus in order, whatever the documents (a long document's
+    chunks can span shards); schema 1 (``shard_unit`` "documents"): the examples of documents
+    [s*n, (s+1)*n)."""
 
-    shard_size: int              # documents per shard: shard s holds documents [s*n, (s+1)*n)
+    shard_size: int              # examples (schema 1: documents) per shard
     storage_dtype: str           # float16, or bfloat16 stored as uint16 bits
+    shard_unit: Literal["examples", "documents"] = "documents"
 
-    def shard_count(self, documents: int) -> int:
-        """Shards of a corpus of ``documents`` documents."""
-        return -(-documents // self.shard_size)
+    def shard_count(self, units: int) -> int:
+        """Shards of a corpus of ``units`` examples (or documents, by ``shard_unit``)."""
+        return -(-units // self.shard_size)
 
-    def documents_in(self, shard: int, documents: int) -> int:
-        """Documents in shard ``shard`` of a corpus of ``documents`` (the last may be short)."""
-        return max(0, min(self.shard_size, documents - shard * self.shard_size))
+    def units_in(self, shard: int, units: int) -> int:
+        """Examples (documents) in shard ``shard`` of a corpus of ``units`` (the last may be
+        short)."""
+        return max(0, min(self.shard_size, units - shard * self.shard_size))
 
 
 @dataclass(frozen=True)
@@ -148,10 +161,10 @@ class Manifest:
         Another schema version is a SchemaVersionMismatch that says how to rebuild; missing,
         unknown or malformed fields are too (this tda cannot read that manifest)."""
         version = data.get("schema_version") if isinstance(data, dict) else None
-        if version != SCHEMA_VERSION:
+        if version not in READABLE_VERSIONS:
             raise SchemaVersionMismatch(
-                f"{where}: index schema version {version!r}, but this tda reads version "
-                f"{SCHEMA_VERSION}; rebuild the index with this tda (`tda index` with the same "
+                f"{where}: index schema version {version!r}, but this tda reads versions "
+                f"{', '.join(map(str, READABLE_VERSIONS))}; rebuild the index with this tda (`tda index` with the same "
                 f"model and corpus into a new --out, or --overwrite), or read it with the tda "
                 f"version that wrote it")
         data = dict(data)
@@ -161,7 +174,7 @@ class Manifest:
             return from_data(cls, data, "manifest", SchemaVersionMismatch)
         except SchemaVersionMismatch as e:
             raise SchemaVersionMismatch(
-                f"{where}: the manifest does not read as schema version {SCHEMA_VERSION} ({e}); "
+                f"{where}: the manifest does not read as schema version {version} ({e}); "
                 f"written by another tda? Rebuild the index with this one (`tda index ... "
                 f"--overwrite`)") from None
 
@@ -174,7 +187,8 @@ class Manifest:
     @property
     def n_shards(self) -> int:
         """Shards the corpus fills."""
-        return self.layout.shard_count(self.corpus.documents)
+        return self.layout.shard_count(self.corpus.examples if self.layout.shard_unit ==
+                                       "examples" else self.corpus.documents)
 
     def settings(self) -> dict[str, Any]:
         """What must be equal for two builds to write into the same index (not batch sizes,

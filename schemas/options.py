@@ -52,8 +52,9 @@ class IndexOptions:
     """How the index is laid out and built (besides the engine's TrackStarConfig and the
     corpus' CorpusOptions); recorded in the manifest."""
 
-    shard_size: int = doc("Documents per shard: the unit of work, of resuming and of search "
-                          "fan-out.", default=4096)
+    shard_size: int = doc("Examples per shard (chunks of at most --max-len tokens, whatever "
+                          "the documents): the unit of work, of resuming and of search "
+                          "fan-out; bounds a rank's buffers.", default=4096)
     storage_dtype: Literal["float16", "bfloat16"] = doc("dtype of the stored unit vectors.",
                                                         default="float16")
     batch_tokens: int = doc("Token budget of one forward/backward batch (padding included); "
@@ -64,8 +65,8 @@ class IndexOptions:
                      "the gradients; for huge corpora build it later without torchrun).",
                      default=True)
     collective_timeout_min: float = doc(
-        "Minutes a rank waits in a collective, e.g. while rank 0 alone scans the corpus "
-        "(~4 min per 64 GB of JSON Lines).", default=240.0)
+        "Minutes a rank waits in a collective, e.g. for the other ranks' part of the corpus "
+        "scan or for rank 0's checks.", default=240.0)
     optimizer_state: str | None = doc(
         "Optimizer state (file or dir). Default: the model directory's optimizer.pt / "
         "tda_second_moments.pt, else estimated from the corpus.", default=None)

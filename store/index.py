@@ -20,7 +20,7 @@ from tda.schemas.index import Manifest
 from tda.store.codec import checksum, compressor, from_storage, to_storage
 from tda.store.faults import crash_point
 from tda.store.layout import (BM25_DIR, BM25_KEY, COMPLETE_KEY, MANIFEST_KEY, MOMENTS, PROFILES,
-                              ROW_ARRAYS, ROW_CHUNK, SHARDS, block_name, shard_name)
+                              ROW_ARRAYS, ROW_CHUNK, SCAN, SHARDS, block_name, shard_name)
 from tda.store.location import local_path
 
 warnings.filterwarnings("ignore", message=".*vlen-utf8.*")
@@ -172,9 +172,10 @@ class IndexStore:
         """Base shards the manifest expects that are not complete."""
         return sorted(set(range(self.manifest.n_shards)) - set(self.complete_shards()))
 
-    def write_shard(self, index: int, rows: ShardRows) -> None:
+    def write_shard(self, index: int, rows: ShardRows, seconds: float | None = None) -> None:
         """Write one shard; any earlier incomplete copy is removed first. The marker (with the
-        checksum) goes last, so a crash at any point leaves no shard that reads as complete."""
+        checksum, and the ``seconds`` the build spent on it) goes last, so a crash at any point
+        leaves no shard that reads as complete."""
         shards = self._shards()
         name = shard_name(index)
         _delete(shards, name)
@@ -198,7 +199,8 @@ class IndexStore:
             if key == "vectors":
                 crash_point("shard-arrays")          # mid-write: vectors there, the rest not
         crash_point("shard-marker")
-        g.attrs[COMPLETE_KEY] = {"rows": n, "checksum": checksum(arrays)}
+        g.attrs[COMPLETE_KEY] = {"rows": n, "checksum": checksum(arrays),
+                                 **({} if seconds is None else {"seconds": round(seconds, 3)})}
 
     def write_profile_shard(self, profile: str, index: int, vectors: np.ndarray) -> None:
         """A profile's transformed vectors [rows, d] float32 for one base shard, marker last."""
@@ -266,6 +268,31 @@ class IndexStore:
     def decode_vectors(self, stored: np.ndarray) -> np.ndarray:
         """Stored vector rows [n, d] -> float32."""
         return from_storage(stored, self.manifest.layout.storage_dtype)
+
+    # ---------------------------------------------------------------- corpus scan
+    def write_scan(self, arrays: dict[str, np.ndarray], record: dict) -> None:
+        """Store the corpus scan: per-shard int64 ``arrays`` and its ``record`` (JSON), the
+        record last (store/layout.py)."""
+        _delete(self.root, SCAN)
+        g = self.root.create_group(SCAN)
+        for name, values in arrays.items():
+            values = np.asarray(values, np.int64)
+            a = g.create_array(name, shape=values.shape, dtype="int64",
+                               chunks=(max(1, min(1 << 16, len(values))),))
+            a[:] = values
+        crash_point("scan")
+        g.attrs[COMPLETE_KEY] = record
+
+    def read_scan(self) -> tuple[dict[str, np.ndarray], dict] | None:
+        """(arrays, record) of the stored corpus scan, or None when there is none whole."""
+        try:
+            g = self.root[SCAN]
+            record = g.attrs.get(COMPLETE_KEY)
+            if not record:
+                return None
+            return {name: g[name][:] for name in g.array_keys()}, dict(record)
+        except Exception:  # noqa: BLE001 - missing or unreadable: scan again
+            return None
 
     # ---------------------------------------------------------------- second moments
     def write_moments(self, moments) -> None:

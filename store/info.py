@@ -84,7 +84,9 @@ def render_info(info: dict) -> str:
         f"corpus      {info['corpus']['documents']} documents from "
         f"{len(info['corpus']['files'])} file(s)",
         f"examples    {info['examples']} in {sh['complete']}/{sh['expected']} complete shards "
-        f"({info['layout']['storage_dtype']}, {info['layout']['shard_size']} docs/shard)",
+        f"({info['layout']['storage_dtype']}, {info['layout']['shard_size']} "
+        f"{'examples' if info['layout'].get('shard_unit') == 'examples' else 'documents'}"
+        f"/shard)",
     ]
     bad = info["unreadable_shards"]
     if sh["incomplete"] or sh["missing"] or bad:

@@ -1,18 +1,25 @@
 """Names in an index directory (Zarr v3). The format, in one picture::
 
     zarr.json                 group attributes: {"tda": manifest, "bm25": {...} once built}
-    shards/<NNNNNN>/          one per block of ``shard_size`` consecutive corpus documents
+    shards/<NNNNNN>/          one per block of ``shard_size`` consecutive examples of the corpus
+                              (schema 1: of ``shard_size`` consecutive documents)
         vectors  [rows, d]    float16 (or bfloat16 stored as uint16), unit rows
         ids      [rows]       example ids: DOCID, or DOCID#N for chunk N of a long document
         doc_ids  [rows]       the document each row came from
         text     [rows]       the example's text
         n_tokens [rows] int32, loss [rows] float32 (nats), norm [rows] float32 (before normalizing)
-        attributes "complete": {"rows", "checksum"} written last: a shard without it does not
-        exist
+        attributes "complete": {"rows", "checksum", "seconds"} written last: a shard without
+        it does not exist ("seconds": the build's wall time for it; absent in schema 1)
     second_moments/           the optimizer second moments V the vectors were corrected with:
         <IIIII>_<part>        part full [rows, cols], or row [rows] and col [cols], float64;
                               IIIII indexes the sorted parameter names
         attributes "complete": {"names", "source", "optimizer", "extra"} written last
+    scan/                     the corpus scan (indexer/scan.py), so a resume does not rescan:
+        source, position, line, chunk, tokens  [shards] int64: where each shard's first
+                              example is (file index, byte offset or row, 1-based line, chunk of
+                              that document) and the shard's tokens
+        attributes "complete": {"files": [{name, size, mtime_ns, fingerprint}], "key": {...},
+                              "documents", "examples", "tokens", "empty", "bad", ...} last
     bm25/                     Lucene index over the same ids (local indexes only)
     profiles/<name>/          a correction profile (store/profiles.py)
         attributes "settings" (first), "transform" (once the blocks are stored), "complete"
@@ -33,6 +40,7 @@ SHARDS = "shards"
 BM25_DIR = "bm25"
 PROFILES = "profiles"
 MOMENTS = "second_moments"
+SCAN = "scan"
 TRANSFORM = "transform"
 ROW_ARRAYS = ("vectors", "ids", "doc_ids", "text", "n_tokens", "loss", "norm")
 ROW_CHUNK = 1024
