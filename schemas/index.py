@@ -153,6 +153,9 @@ class Manifest:
         data["featurizer"] = data.pop("engine")
         if data["build"] is None:
             del data["build"]
+        if self.schema_version == 1:        # written as read: schema 1 had neither field
+            data["corpus"].pop("examples", None)
+            data["layout"].pop("shard_unit", None)
         return data
 
     @classmethod

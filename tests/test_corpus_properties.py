@@ -25,7 +25,8 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from tda.tests.indexing import read_index, tda
-from tda.indexer.documents import scan_corpus, valid_documents
+from tda.indexer.documents import valid_documents
+from tda.indexer.scan import scan_corpus
 from tda.errors import CorpusError
 from tda.indexer.readers import read_corpus
 from tda.schemas.corpus import BadRecord, CorpusOptions, Document

@@ -6,7 +6,8 @@ import pytest
 
 from tda.tests import helpers
 from tda.tests.indexing import read_index, tda
-from tda.indexer.documents import chunk_document, scan_corpus
+from tda.indexer.documents import chunk_document
+from tda.indexer.scan import scan_corpus
 from tda.errors import CorpusError
 from tda.indexer.readers import read_corpus
 from tda.schemas.corpus import BadRecord, CorpusOptions, Document

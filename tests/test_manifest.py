@@ -72,8 +72,8 @@ def test_unknown_schema_version_is_refused_with_how_to_rebuild(v1):
     meta["attributes"]["tda"]["schema_version"] = SCHEMA_VERSION + 1
     (v1 / "zarr.json").write_text(json.dumps(meta))
     with pytest.raises(SchemaVersionMismatch,
-                       match=rf"{v1}: index schema version 2, but this tda reads version 1; "
-                             r"rebuild the index"):
+                       match=rf"{v1}: index schema version {SCHEMA_VERSION + 1}, but this tda "
+                             r"reads versions 1, 2; rebuild the index"):
         IndexStore.open(v1)
 
 
