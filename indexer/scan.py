@@ -208,6 +208,8 @@ def scan_part(files: list[Path], sizes: list[int], options: CorpusOptions, part:
     texts: list[str] = []
 
     def flush() -> None:
+        if not texts:
+            return
         counts = count_tokens(texts) if count_tokens else [2] * len(texts)
         for n in counts:
             scan.doc_examples.append(0 if n < 2 else -(-n // max_len) if count_tokens else 1)
