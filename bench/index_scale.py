@@ -25,6 +25,8 @@ Stages:
   * peak_rss_mb: per rank.
 - ``compare --small N1 --large N2``: peak RSS of the N2 build over the N1 build, per rank
   (target: within 10%), from the stored build stages.
+- ``scan``: the corpus scan alone (validation, tokenization, shard table) in one process,
+  1 part: MB/s a rank scans its byte range at, median of 3.
 - ``kill --lines N``: a 2-rank build into WORK/killed-N; once half its shards are complete,
   SIGKILL rank 1's worker (torchrun then stops rank 0); rerun the same command as 1 process
   (OMP_NUM_THREADS=2): its summary (scan reused, shards written); then the index compared row
@@ -278,12 +280,33 @@ def stage_kill(a) -> tuple[str, dict]:
         "against_uninterrupted": same, "target_met": same["equal"] and not summary["scanned"]}
 
 
+def stage_scan(a) -> tuple[str, dict]:
+    """The corpus scan alone in this process (1 part: what one rank does per byte of its
+    range), timed: MB/s of JSON Lines read, validated and tokenized; median of 3."""
+    from transformers import AutoTokenizer
+    from tda.indexer.scan import scan_corpus, token_counter
+    from tda.schemas.corpus import CorpusOptions
+    corpus = corpus_of(a.lines, Path(a.work), Path(a.corpus))
+    count = token_counter(AutoTokenizer.from_pretrained(a.model))
+    seconds = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        scan = scan_corpus([corpus], CorpusOptions(), count, 256, a.shard_size, parts=1)
+        seconds.append(time.perf_counter() - t0)
+    size = corpus.stat().st_size
+    best = statistics.median(seconds)
+    return "scan", {"corpus_bytes": size, "documents": scan.documents, "tokens": scan.tokens,
+                    "seconds": [round(x, 2) for x in seconds],
+                    "mb_per_s_median": round(size / best / 1e6, 2),
+                    "tokens_per_s_median": round(scan.tokens / best, 0)}
+
+
 def main() -> None:
     if sys.argv[1:3] == ["worker", "--rss-dir"] and sys.argv[4:5] == ["--"]:
         worker(sys.argv[3], sys.argv[5:])     # worker --rss-dir DIR -- tda's arguments
         return
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("stage", choices=["build", "compare", "kill"])
+    p.add_argument("stage", choices=["build", "compare", "kill", "scan"])
     p.add_argument("--lines", type=int, default=0, help="first N corpus lines (0: all)")
     p.add_argument("--small", type=int, default=7000)
     p.add_argument("--large", type=int, default=0)
@@ -293,7 +316,8 @@ def main() -> None:
     p.add_argument("--work", default="/tmp/tda-index-scale")
     p.add_argument("--json-out", default=str(REPO / "bench" / "results" / "index_scale.json"))
     a = p.parse_args()
-    key, result = {"build": stage_build, "compare": stage_compare, "kill": stage_kill}[a.stage](a)
+    key, result = {"build": stage_build, "compare": stage_compare, "kill": stage_kill,
+                   "scan": stage_scan}[a.stage](a)
     save(Path(a.json_out), key, result)
     print(json.dumps({k: v for k, v in result.items() if k != "shards"}, indent=1))
 
