@@ -38,6 +38,8 @@ class ModelRecord:
     fingerprint: str             # engine.model.model_fingerprint (16 hex of a sha256)
     architecture: str            # the Hugging Face class, e.g. GPT2LMHeadModel
     tokenizer: str               # the tokenizer's class name
+    given: str = ""              # what --model said (a path or a cached Hub id)
+    base_model: str | None = None  # resolved base model directory of a PEFT adapter --model
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,9 @@ class TrackedWeightRecord:
     k: int
     blocks: int
     dim: int
+    experts: int = 0                   # a bank of this many [out, in] matrices (0: one matrix)
+    sites: tuple[str, ...] = ()        # its uses: linear | lookup | experts
+    epsilon: float | None = None       # eps of its correction (None: no correction)
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,30 @@ class SecondMomentSource:
 
     source: str                  # a file path, or "estimated: ..." when estimated from texts
     optimizer: str               # adam | adafactor | adam+adafactor | estimated
+    estimate: EstimateRecord | None = None   # how V was estimated (optimizer "estimated")
+
+
+@dataclass(frozen=True)
+class EstimateRecord:
+    """V estimated without optimizer state: the mean squared per-example gradient over a seeded
+    random sample of the corpus's documents."""
+
+    examples: int                # examples (chunks) the mean is over
+    form: str                    # full | factored (row/column sums only)
+    documents: int | None = None          # documents sampled
+    corpus_documents: int | None = None   # documents in the corpus
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class TrackedShare:
+    """How much of the model's matrix parameters the vectors see (engine.tracking)."""
+
+    share: float                 # tracked / matrix_parameters
+    tracked: int                 # parameters (numel) of the tracked weights
+    matrix_parameters: int       # the model's matrix parameters (embeddings only if tracked)
+    narrowed: bool = False       # --include/--exclude narrowed the set on purpose
+    left_out: tuple[str, ...] = ()   # notes: weights left out and why
 
 
 @dataclass(frozen=True)
@@ -71,6 +100,10 @@ class EngineRecord:
     dim: int                                     # d: sum of the tracked weights' dims
     tracked: tuple[TrackedWeightRecord, ...]
     second_moments: SecondMomentSource | None    # None when config.correction == "none"
+    model_dtype: str | None = None               # the model's parameter dtype when built
+    tracked_share: TrackedShare | None = None    # None in indexes older than the field
+    projection_digest: str | None = None         # engine.projection.projection_digest
+    torch: str | None = None                     # torch version that drew the projections
 
     @property
     def block_dims(self) -> list[int]:
@@ -99,7 +132,7 @@ class Layout:
     """How examples are laid out in shards (what every reader needs)."""
 
     shard_size: int              # documents per shard: shard s holds documents [s*n, (s+1)*n)
-    storage_dtype: str           # float16, or bfloat16 stored as uint16 bits
+    storage_dtype: str           # float16, float32, or bfloat16 stored as uint16 bits
 
     def shard_count(self, documents: int) -> int:
         """Shards of a corpus of ``documents`` documents."""
@@ -183,6 +216,7 @@ class Manifest:
         moments = self.engine.second_moments
         return {"model fingerprint": self.model.fingerprint, "featurizer": cfg,
                 "second_moments": None if moments is None else to_data(moments),
+                "projection_digest": self.engine.projection_digest,
                 "corpus": [(f.name, f.fingerprint) for f in self.corpus.files],
                 "reader": to_data(self.corpus.options), "layout": to_data(self.layout)}
 
