@@ -100,8 +100,8 @@ def test_adapter_without_its_base_is_a_clear_error(lora_checkpoint, tmp_path, ll
     cfg = json.loads((moved / "adapter_config.json").read_text())
     cfg["base_model_name_or_path"] = str(tmp_path / "gone")
     (moved / "adapter_config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ModelMissing, match=r"PEFT adapter without its base model: .*gone.* "
-                                            r"pass --base-model DIR"):
+    with pytest.raises(ModelMissing, match=r"^[^\n]*PEFT adapter without its base model: "
+                                            r"[^\n]*gone[^\n]* pass --base-model DIR$"):
         resolve_model(moved)
     assert resolve_model(moved, llama_dir).base == llama_dir       # --base-model
 
