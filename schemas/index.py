@@ -11,9 +11,10 @@ that an older reader would misread (a field changing meaning, data laid out diff
 bumps ``SCHEMA_VERSION``; an unknown version is refused with a message that says how to
 rebuild. Adding information is not such a change: a new *optional* field (with a default, so
 manifests that lack it still read) keeps the version, as the ``build`` record does here
-(manifests of tda 0.1.0 have none). To add one: give the record a field with a default
-(``None`` or an empty value), write it in the indexer, and read it where it is used, handling
-the default. A reader older than the field refuses the manifest ("unknown fields"): it never
+(manifests of tda 0.1.0 have none). To add one: declare it ``added(default)``
+(``schemas.fields.added``: ``None`` or an empty value; left out of the JSON while it holds
+its default, so older manifests are written back unchanged), write it in the indexer, and
+read it where it is used, handling the default. A reader older than the field refuses the manifest ("unknown fields"): it never
 silently ignores what it does not understand.
 """
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 from tda.errors import SchemaVersionMismatch
 from tda.schemas.config import TrackStarConfig
 from tda.schemas.corpus import CorpusOptions
-from tda.schemas.fields import from_data, to_data
+from tda.schemas.fields import added, from_data, to_data
 from tda.schemas.options import IndexOptions
 
 SCHEMA_VERSION = 1
@@ -38,8 +39,8 @@ class ModelRecord:
     fingerprint: str             # engine.model.model_fingerprint (16 hex of a sha256)
     architecture: str            # the Hugging Face class, e.g. GPT2LMHeadModel
     tokenizer: str               # the tokenizer's class name
-    given: str = ""              # what --model said (a path or a cached Hub id)
-    base_model: str | None = None  # resolved base model directory of a PEFT adapter --model
+    given: str = added("")       # what --model said (a path or a cached Hub id)
+    base_model: str | None = added()   # resolved base model directory of a PEFT adapter
 
 
 @dataclass(frozen=True)
@@ -53,9 +54,9 @@ class TrackedWeightRecord:
     k: int
     blocks: int
     dim: int
-    experts: int = 0                   # a bank of this many [out, in] matrices (0: one matrix)
-    sites: tuple[str, ...] = ()        # its uses: linear | lookup | experts
-    epsilon: float | None = None       # eps of its correction (None: no correction)
+    experts: int = added(0)            # a bank of this many [out, in] matrices (0: one matrix)
+    sites: tuple[str, ...] = added(())  # its uses: linear | lookup | experts
+    epsilon: float | None = added()    # eps of its correction (None: no correction)
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ class SecondMomentSource:
 
     source: str                  # a file path, or "estimated: ..." when estimated from texts
     optimizer: str               # adam | adafactor | adam+adafactor | estimated
-    estimate: EstimateRecord | None = None   # how V was estimated (optimizer "estimated")
+    estimate: EstimateRecord | None = added()   # how V was estimated (optimizer "estimated")
 
 
 @dataclass(frozen=True)
@@ -100,10 +101,10 @@ class EngineRecord:
     dim: int                                     # d: sum of the tracked weights' dims
     tracked: tuple[TrackedWeightRecord, ...]
     second_moments: SecondMomentSource | None    # None when config.correction == "none"
-    model_dtype: str | None = None               # the model's parameter dtype when built
-    tracked_share: TrackedShare | None = None    # None in indexes older than the field
-    projection_digest: str | None = None         # engine.projection.projection_digest
-    torch: str | None = None                     # torch version that drew the projections
+    model_dtype: str | None = added()            # the model's parameter dtype when built
+    tracked_share: TrackedShare | None = added()  # None in indexes older than the field
+    projection_digest: str | None = added()      # engine.projection.projection_digest
+    torch: str | None = added()                  # torch version that drew the projections
 
     @property
     def block_dims(self) -> list[int]:

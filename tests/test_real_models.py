@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 
-from tda.engine import Featurizer, Moment, SecondMoments, TrackStarConfig, collate
+from tda.engine import Featurizer, TrackStarConfig, collate
 from tda.engine import load_model, load_second_moments
 from tda.engine.sources import resolve_model
 from tda.engine.tracking import share_warning
