@@ -155,6 +155,7 @@ def index_cmd(more_corpus, **kw):
     summary = build_index(cmd.model_dir, list(cmd.corpus) + list(more_corpus), cmd.out,
                           pick(TrackStarConfig, kw), pick(IndexOptions, kw),
                           pick(CorpusOptions, kw), overwrite=cmd.overwrite,
+                          base_model=cmd.base_model,
                           progress=cmd.progress and not cmd.json)
     if int(os.environ.get("RANK", "0")) != 0:
         return
@@ -166,6 +167,10 @@ def index_cmd(more_corpus, **kw):
                f"tokens in {s.seconds:.1f} s ({s.tokens_per_s:,.0f} tok/s over {s.ranks} "
                f"rank(s)); shards written {s.shards_written}, already complete "
                f"{s.shards_already_complete} of {s.shards_total}")
+    for note in s.notes:
+        click.echo(f"note: {note}", err=True)
+    click.echo(f"tracked: {s.tracked_share:.1%} of the model's matrix parameters; "
+               f"max_len {s.max_len}; second moments: {s.second_moments or 'none'}")
     click.echo(f"skipped: {s.skipped_empty} empty, {s.skipped_bad} bad"
                + "".join(f"\n  {x}" for x in s.skipped_examples[:10]))
     if s.bm25_documents is not None:

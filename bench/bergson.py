@@ -3,7 +3,7 @@
 bergson is never a tda dependency: ``ensure_bergson`` installs it into .cache/bench/bergson-venv
 beside the CPU torch (pinned so pip does not swap in a CUDA build; bergson pulls torchvision and
 torchaudio, which do not load against that torch and are removed: bergson itself does not use
-them). Runs are offline (HF_*_OFFLINE) and on the CPU.
+them). Runs are offline (HF_*_OFFLINE) and on the CPU; ``build`` times bergson's own collection loop.
 """
 from __future__ import annotations
 
@@ -44,13 +44,39 @@ def version() -> str:
     return out.stdout.strip()
 
 
+# Run inside bergson's venv: `bergson build` with its collection loop timed. bergson runs a
+# single CPU process in-process, so the patched method is the loop itself (forward, backward,
+# projection and writing of every batch), without start-up, model loading or tokenization.
+TIMED_MAIN = """
+import json, sys, time
+from bergson.collector.collector import CollectorComputer
+out, sys.argv = sys.argv[1], ["bergson"] + sys.argv[2:]
+run = CollectorComputer.run_with_collector_hooks
+def timed(self, *args, **kwargs):
+    start = time.perf_counter()
+    try:
+        return run(self, *args, **kwargs)
+    finally:
+        with open(out, "a") as f:
+            f.write(json.dumps({"collect_seconds": time.perf_counter() - start}) + "\\n")
+CollectorComputer.run_with_collector_hooks = timed
+from bergson.__main__ import main
+sys.exit(main())
+"""
+
+
 def build(model_dir: Path, texts: list[str], run_dir: Path, optimizer_state: Path | None,
           token_batch: int) -> dict:
-    """Time one `bergson build` (wall seconds, start-up included) and return its figures."""
+    """One `bergson build`: its collection loop's seconds (``collect_seconds``), the whole
+    process's wall seconds, and its figures."""
     data = run_dir.with_suffix(".jsonl")
     data.parent.mkdir(parents=True, exist_ok=True)
     data.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
-    cmd = [str(ensure_bergson()), "build", str(run_dir), "--model", str(model_dir),
+    timing = run_dir.with_suffix(".timing.jsonl")
+    timing.unlink(missing_ok=True)
+    ensure_bergson()
+    cmd = [str(VENV / "bin" / "python"), "-c", TIMED_MAIN, str(timing), "build", str(run_dir),
+           "--model", str(model_dir),
            "--dataset", str(data), "--prompt_column", "text", "--precision", "fp32",
            "--projection_dim", "16", "--unit_normalize", "true", "--truncation", "true",
            "--token_batch_size", str(token_batch), "--overwrite", "true"]
@@ -63,8 +89,11 @@ def build(model_dir: Path, texts: list[str], run_dir: Path, optimizer_state: Pat
     seconds = time.perf_counter() - start
     if out.returncode != 0:
         raise RuntimeError(f"bergson build failed:\n{out.stderr[-3000:]}")
+    loops = [json.loads(line)["collect_seconds"] for line in timing.read_text().splitlines()]
+    if len(loops) != 1:
+        raise RuntimeError(f"bergson ran its collection loop {len(loops)} times, expected once")
     info = json.loads((run_dir / "info.json").read_text())
-    return {"seconds": seconds, "rows": info["num_grads"],
+    return {"seconds": seconds, "collect_seconds": loops[0], "rows": info["num_grads"],
             "dim": sum(info["grad_sizes"].values()),
             "index_bytes": (run_dir / "gradients.bin").stat().st_size,
             "dtype": info.get("base_dtype", "float32")}

@@ -1,6 +1,7 @@
 """Token sequences for examples and queries, and their padded batches."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -59,6 +60,20 @@ class TokenBatch:
         """Real (non-pad) tokens per row, [batch]."""
         return self.attention_mask.sum(1)
 
+    def model_inputs(self) -> dict:
+        """Keyword arguments of a causal LM's forward for this batch. A right-padded batch is
+        given an all-ones attention mask: causal attention already keeps every real token from seeing
+        the pads after it, and pad rows then attend to real tokens instead of to nothing (a
+        fully masked row is NaN where a model takes its softmax in float32 over a float64
+        mask, and a NaN pad value poisons real rows through 0 * NaN in the next layer)."""
+        right = bool((self.attention_mask == (torch.arange(
+            self.attention_mask.shape[1], device=self.attention_mask.device)
+            < self.n_tokens[:, None])).all())
+        mask = torch.ones_like(self.attention_mask, dtype=torch.long) if right \
+            else self.attention_mask.long()
+        return dict(input_ids=self.input_ids, attention_mask=mask,
+                    position_ids=self.position_ids, use_cache=False)
+
 
 def example_sequence(tokenizer, text: str, max_len: int) -> tuple[TokenSequence, bool]:
     """Tokenize a training text; returns (sequence, truncated). Longer texts keep the first
@@ -72,19 +87,92 @@ def example_sequence(tokenizer, text: str, max_len: int) -> tuple[TokenSequence,
     return TokenSequence(tuple(ids), 1), truncated
 
 
-def query_sequence(tokenizer, prompt: str, target: str, max_len: int) -> TokenSequence:
-    """Tokenize prompt and target separately (so the target's tokens are its own) and join them.
-    Raises QueryError for an empty target or when the whole query exceeds ``max_len``."""
+def query_sequence(tokenizer, prompt: str, target: str,
+                   max_len: int) -> tuple[TokenSequence, bool]:
+    """Tokenize ``prompt + target`` once and split at the character boundary; returns
+    (sequence, truncated).
+
+    The target's tokens are the tokens of the joint encoding that cover any of its characters
+    (offsets), so a SentencePiece dummy prefix or an appended EOS never lands between prompt
+    and target; special tokens after the target are dropped, a leading BOS stays context. A
+    query longer than ``max_len`` keeps its end: the prompt is cut from the left (after any
+    leading special tokens). Raises QueryError for an empty prompt or target, or a target that
+    alone leaves no room for context."""
     if not target or not target.strip():
         raise QueryError("target is empty: a query needs target tokens to score")
-    prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
-    target_ids = tokenizer(target, add_special_tokens=False)["input_ids"]
-    if not prompt_ids:
+    if not prompt:
         raise QueryError("prompt is empty: the first target token needs context")
-    n = len(prompt_ids) + len(target_ids)
-    if n > max_len:
-        raise QueryError(f"query is {n} tokens, longer than max_len={max_len}")
-    return TokenSequence(tuple(prompt_ids) + tuple(target_ids), len(prompt_ids))
+    ids, n_context = split_query(tokenizer, prompt, target)
+    if n_context == 0:
+        raise QueryError("prompt is empty: the first target token needs context")
+    if len(ids) - n_context == 0:
+        raise QueryError("target is empty: a query needs target tokens to score")
+    truncated = len(ids) > max_len
+    if truncated:
+        n_target = len(ids) - n_context
+        room = max_len - n_target                    # tokens left for the context
+        if room < 1:
+            raise QueryError(f"target is {n_target} tokens: with max_len={max_len} no prompt "
+                             f"token is left as context")
+        context = ids[:n_context]
+        lead = _leading_specials(tokenizer, context)
+        kept = context[:lead] + context[n_context - (room - lead):] if room > lead \
+            else context[n_context - room:]
+        ids, n_context = kept + ids[n_context:], len(kept)
+    return TokenSequence(tuple(ids), n_context), truncated
+
+
+_NO_OFFSETS_WARNED: set[str] = set()
+
+
+def split_query(tokenizer, prompt: str, target: str) -> tuple[list[int], int]:
+    """(ids of the joint encoding up to the target's last token, number of context tokens).
+    Fast tokenizers split by offsets; a tokenizer without offsets support (a Python
+    tokenizer) falls back, with a warning naming it, to the prompt's own encoding as a prefix
+    of the joint one."""
+    text, boundary = prompt + target, len(prompt)
+    try:
+        enc = tokenizer(text, add_special_tokens=True, return_offsets_mapping=True,
+                        return_special_tokens_mask=True)
+        offsets, special = enc["offset_mapping"], enc["special_tokens_mask"]
+    except (NotImplementedError, ValueError, TypeError, KeyError):
+        return _split_by_prefix(tokenizer, prompt, text)
+    ids = list(enc["input_ids"])
+    in_target = [not sp and (e > boundary or (e == s and s >= boundary))
+                 for (s, e), sp in zip(offsets, special)]
+    if not any(in_target):
+        return ids, len(ids)
+    first = in_target.index(True)
+    last = len(in_target) - 1 - in_target[::-1].index(True)
+    return ids[:last + 1], first
+
+
+def _split_by_prefix(tokenizer, prompt: str, text: str) -> tuple[list[int], int]:
+    name = type(tokenizer).__name__
+    if name not in _NO_OFFSETS_WARNED:
+        _NO_OFFSETS_WARNED.add(name)
+        warnings.warn(f"{name} has no offsets support (not a fast tokenizer): queries are "
+                      f"split where the prompt's own encoding stops matching the joint one",
+                      stacklevel=4)
+    specials = set(getattr(tokenizer, "all_special_ids", []) or [])
+    full = list(tokenizer(text, add_special_tokens=True)["input_ids"])
+    alone = list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
+    while alone and alone[-1] in specials:
+        alone.pop()
+    while full and full[-1] in specials:
+        full.pop()
+    n = 0
+    while n < min(len(full), len(alone)) and full[n] == alone[n]:
+        n += 1
+    return full, n
+
+
+def _leading_specials(tokenizer, ids: list[int]) -> int:
+    specials = set(getattr(tokenizer, "all_special_ids", []) or [])
+    n = 0
+    while n < len(ids) and ids[n] in specials:
+        n += 1
+    return n
 
 
 def collate(seqs: list[TokenSequence], pad_id: int, pad_side: str = "right") -> TokenBatch:

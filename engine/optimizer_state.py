@@ -15,26 +15,39 @@ from tda.errors import OptimizerStateError, OptimizerStateMissing
 
 OWN_FILE = "tda_second_moments.pt"
 TRAINER_FILE = "optimizer.pt"
+DCP_METADATA = ".metadata"              # a torch.distributed.checkpoint directory's index
+ACCELERATE_DCP_DIR = "optimizer_0"      # accelerate's sharded (DCP) optimizer state
 
 
-def find_state_file(path: str | Path, names: tuple[str, ...] = (OWN_FILE, TRAINER_FILE)
-                    ) -> Path:
-    """``path`` itself when it is a file, else the first of ``names`` in directory ``path``.
-    OptimizerStateMissing (a FileNotFoundError) when there is none."""
+def find_state_file(path: str | Path, names: tuple[str, ...] = (OWN_FILE, TRAINER_FILE),
+                    dcp: bool = False) -> Path:
+    """``path`` itself when it is a file, else the first of ``names`` in directory ``path``;
+    with ``dcp``, also a torch.distributed.checkpoint directory (``path`` itself, or the HF
+    Trainer's ``optimizer_0/`` under FSDP), returned as the directory. OptimizerStateMissing
+    (a FileNotFoundError) when there is none."""
     path = Path(path)
     if path.is_dir():
+        if dcp and (path / DCP_METADATA).is_file():
+            return path
         for name in names:
             if (path / name).is_file():
                 return path / name
-        raise OptimizerStateMissing(f"{path}: no optimizer state ({' or '.join(names)})")
+        if dcp and (path / ACCELERATE_DCP_DIR / DCP_METADATA).is_file():
+            return path / ACCELERATE_DCP_DIR
+        also = f", or a torch.distributed.checkpoint directory with {DCP_METADATA}" if dcp \
+            else ""
+        raise OptimizerStateMissing(f"{path}: no optimizer state ({' or '.join(names)}{also})")
     if not path.is_file():
         raise OptimizerStateMissing(f"{path}: optimizer state file not found")
     return path
 
 
 def has_state_file(directory: str | Path) -> bool:
-    """Whether a model directory holds an optimizer state tda reads."""
-    return any((Path(directory) / name).is_file() for name in (OWN_FILE, TRAINER_FILE))
+    """Whether a model directory holds an optimizer state tda reads (a file, or the HF
+    Trainer's sharded ``optimizer_0/`` checkpoint)."""
+    d = Path(directory)
+    return any((d / name).is_file() for name in (OWN_FILE, TRAINER_FILE)) or \
+        (d / ACCELERATE_DCP_DIR / DCP_METADATA).is_file()
 
 
 def read_state(file: str | Path, device: str | torch.device = "cpu"):
@@ -82,13 +95,21 @@ def param_names(blob: dict, model: nn.Module, file: str | Path) -> dict:
                             f"the state {len(ids)}")
             continue
         mapping = dict(zip(ids, order))
-        bad = next(((n, s) for pid, n in mapping.items()
+        # expert banks first: a different expert count also changes the routers' shapes, and
+        # the banks say it plainly
+        bad = next(((n, s) for pid, n in sorted(mapping.items(),
+                                                key=lambda kv: len(shapes[kv[1]]) != 3)
                     for s in [_state_shape(blob["state"].get(pid))]
                     if s is not None and s != shapes[n]), None)
         if bad is None:
             return mapping
-        problems.append(f"{how}: parameter {bad[0]!r} has shape {list(shapes[bad[0]])}, "
-                        f"the state's entry {list(bad[1])}")
+        want, got = list(shapes[bad[0]]), list(bad[1])
+        if len(want) == len(got) == 3 and want[1:] == got[1:]:
+            problems.append(f"{how}: parameter {bad[0]!r} has {want[0]} experts, the state's "
+                            f"entry {got[0]}")
+        else:
+            problems.append(f"{how}: parameter {bad[0]!r} has shape {want}, the state's "
+                            f"entry {got}")
     detail = "; ".join(problems) or f"{len(groups)} parameter groups and no 'param_names'"
     raise OptimizerStateError(f"{file}: optimizer state does not match the model ({detail})")
 
@@ -100,6 +121,8 @@ def _state_shape(st: dict | None) -> tuple | None:
         return tuple(st["exp_avg_sq"].shape)
     if "exp_avg_sq_row" in st:
         return tuple(st["exp_avg_sq_row"].shape) + tuple(st["exp_avg_sq_col"].shape[-1:])
+    if st.get("row_var") is not None and st["row_var"].dim() >= 2:
+        return tuple(st["row_var"].shape[:-1]) + tuple(st["col_var"].shape[-1:])
     return None
 
 

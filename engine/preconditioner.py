@@ -81,10 +81,12 @@ def normalize_rows(x: torch.Tensor) -> torch.Tensor:
     return x / x.norm(dim=1, keepdim=True).clamp_min(1e-30)
 
 
-def transform(transforms: list[torch.Tensor], slices: list[slice],
-              x: torch.Tensor) -> torch.Tensor:
-    """Search-time vectors of a profile: R^-1/2 x / ||R^-1/2 x|| for rows x [n, d]."""
-    return normalize_rows(apply_blocks(transforms, slices, x))
+def transform(transforms: list[torch.Tensor], slices: list[slice], x: torch.Tensor,
+              unit_normalize: bool = True) -> torch.Tensor:
+    """Search-time vectors of a profile for rows x [n, d]: R^-1/2 x / ||R^-1/2 x||, or R^-1/2 x
+    when the index is not unit normalized (Grad-Dot with R stays a dot product)."""
+    out = apply_blocks(transforms, slices, x)
+    return normalize_rows(out) if unit_normalize else out
 
 
 def fit_blocks(train_phi: torch.Tensor, eval_phi: torch.Tensor | None, slices: list[slice],

@@ -30,3 +30,14 @@ def projection_matrix(seed: int, name: str, side: str, n: int, k: int, blocks: i
     gen = torch.Generator(device="cpu").manual_seed(projection_seed(seed, name, side))
     p = torch.randn((n, blocks * k), generator=gen, dtype=torch.float64) / k ** 0.5
     return p.to(dtype=dtype, device=device)
+
+
+def projection_digest(matrices) -> str:
+    """sha256 (hex, 16 chars) over the first 16 rows of each projection matrix, rounded to
+    float32: the index records it and the query side compares, so a torch that draws other
+    normals (or other seeds) is an error, not silently different vectors."""
+    h = hashlib.sha256()
+    for p in matrices:
+        rows = p[..., :16, :] if p.dim() == 3 else p[:16]
+        h.update(rows.detach().to(torch.float32).cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]

@@ -16,7 +16,7 @@ def knows(model, tokenizer, queries: list[Query], max_len: int = 256,
     pad = pad_id(tokenizer)
     device = next(model.parameters()).device
     for i in range(0, len(queries), batch_size):
-        seqs = [query_sequence(tokenizer, q.prompt, q.target, max_len)
+        seqs = [query_sequence(tokenizer, q.prompt, q.target, max_len)[0]
                 for q in queries[i:i + batch_size]]
         batch = collate(seqs, pad).to(device)
         logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask.long(),

@@ -191,7 +191,10 @@ class TailPatcher:
 
     def _logprob(self, prompt: str, target: str, params: dict | None) -> float:
         """Summed log p(target tokens | prompt), with the model's own weights or ``params``."""
-        seq = query_sequence(self.tokenizer, prompt, target, self.max_len)
+        seq, cut = query_sequence(self.tokenizer, prompt, target, self.max_len)
+        if cut:
+            warnings.warn(f"query longer than max_len={self.max_len} tokens: its prompt keeps "
+                          f"the end", stacklevel=3)
         kwargs, _ = self._inputs(seq)
         n_target = seq.n_predicted
         if self._logits_to_keep:
@@ -227,7 +230,7 @@ class TailPatcher:
 
     def target_logprob(self, prompt: str, target: str) -> float:
         """log p(target | prompt) under the unpatched model: the sum over the target's tokens,
-        prompt and target tokenized separately and joined (``query_sequence``). Cached."""
+        prompt + target tokenized once and split at the boundary (``query_sequence``). Cached."""
         key = (prompt, target)
         if key not in self._before:
             self._before[key] = self._logprob(prompt, target, None)

@@ -13,27 +13,33 @@ type).
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import os
 import shutil
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tda import __version__
 from tda.engine import Featurizer, TrackStarConfig, collate, load_model, model_fingerprint
-from tda.engine.featurizer import estimate_from_texts
+from tda.engine.estimate import estimate_moments, moment_featurizer, sample_indices
+from tda.engine.featurizer import find_tracking, resolve_config
 from tda.engine.optimizer_state import has_state_file
 from tda.engine.second_moments import SecondMoments, load_second_moments
+from tda.engine.sources import resolve_model
+from tda.engine.tracking import share_warning
 from tda.errors import (BuildError, IndexMissing, IndexUnusable, NotAnIndex, SettingsMismatch,
                         TdaError)
 from tda.indexer import distributed
 from tda.indexer.batching import budget_batches
-from tda.indexer.documents import ShardReader, valid_documents
+from tda.indexer.documents import ShardReader, chunk_document, valid_documents
 from tda.indexer.readers import READ, corpus_files
 from tda.indexer.scan import (CorpusScan, file_keys, scan_corpus, scan_from_record, scan_record,
                               token_counter)
 from tda.log import logger, progress as progress_bar
+from tda.schemas.config import MAX_LEN_CAP
 from tda.schemas.corpus import CorpusOptions
 from tda.schemas.fields import to_data
 from tda.schemas.index import (BuildRecord, CorpusFile, CorpusRecord, Layout, Manifest,
@@ -69,6 +75,10 @@ class BuildSummary:
     scanned: bool = True                  # False: the corpus scan stored in the index was reused
     scan_bytes_read: list[int] = field(default_factory=list)   # per rank, by the scan
     bytes_read: list[int] = field(default_factory=list)        # per rank, reading shards
+    max_len: int | None = None
+    tracked_share: float | None = None
+    second_moments: str | None = None
+    notes: list[str] = field(default_factory=list)      # warnings and choices made
 
     def to_dict(self) -> dict:
         """The summary as a JSON-ready dict."""
@@ -79,15 +89,19 @@ def build_index(model_dir: str | Path, corpus: list[str | Path], out: str | Path
                 config: TrackStarConfig = TrackStarConfig(),
                 options: IndexOptions = IndexOptions(),
                 corpus_options: CorpusOptions = CorpusOptions(), *,
-                overwrite: bool = False, progress: bool = True) -> BuildSummary:
+                overwrite: bool = False, progress: bool = True,
+                base_model: str | Path | None = None) -> BuildSummary:
     """Build (or resume) the index at ``out``. Under torchrun every rank calls this; every
-    rank raises the same TdaError when the build cannot go on."""
+    rank raises the same TdaError when the build cannot go on. ``model_dir``: a model
+    directory, a PEFT adapter directory (on ``base_model`` or the base it names) or a Hub id
+    in the local cache."""
     started = time.perf_counter()
     ranks = distributed.init(timeout_s=options.collective_timeout_min * 60)
     lock = IndexLock(out, "tda index")
     try:
         _on_main(ranks, lambda: lock.__enter__() and None)   # one build per index at a time
-        return _build(ranks, Path(model_dir), corpus, str(out), config, options,
+        source = _on_main(ranks, lambda: resolve_model(model_dir, base_model))
+        return _build(ranks, source, corpus, str(out), config, options,
                       corpus_options, overwrite, progress, started)
     finally:
         lock.__exit__()
@@ -121,40 +135,53 @@ def _on_main(ranks: distributed.Ranks, fn):
     return result
 
 
-def _build(ranks, model_dir, corpus, out, config, options, corpus_options, overwrite, progress,
+def _build(ranks, source, corpus, out, config, options, corpus_options, overwrite, progress,
            started) -> BuildSummary:
     files = _on_main(ranks, lambda: [str(p) for p in corpus_files(corpus)])
     # with FSDP the full model is never on the device: loaded on the CPU, sharded, and each
     # rank's shard moves to its device
-    model, tokenizer = load_model(model_dir, dtype=config.dtype,
+    model_dir = source.path
+    model, tokenizer = load_model(source, dtype=config.dtype,
                                   device="cpu" if options.fsdp else ranks.device)
-    fp = _on_main(ranks, lambda: model_fingerprint(model_dir))
+    fp = _on_main(ranks, lambda: model_fingerprint(source))
+    resolved = resolve_config(config, model)   # max_len chosen from the model when not given
     sources = file_keys(files, ranks)          # each rank fingerprints its share of the files
     if overwrite and ranks.is_main:
         location.remove(out)
     distributed.barrier(ranks)
     key = {"files": sources, "reader": to_data(corpus_options), "tokenizer": fp,
-           "max_len": config.max_len, "shard_size": options.shard_size}
+           "max_len": resolved.max_len, "shard_size": options.shard_size}
     scan = _on_main(ranks, lambda: _stored_scan(out, key))
     rescanned = scan is None
     if rescanned:                              # every rank reads its byte range of the corpus
-        scan = scan_corpus(files, corpus_options, token_counter(tokenizer), config.max_len,
+        scan = scan_corpus(files, corpus_options, token_counter(tokenizer), resolved.max_len,
                            options.shard_size, ranks=ranks)
     if scan.documents == 0 or scan.examples == 0:
         raise BuildError(f"the corpus has no documents to index ({scan.documents} documents "
                          f"of at least 2 tokens: {scan.examples} examples; {scan.empty} empty, "
                          f"{scan.bad} bad records)")
-    moments = _second_moments(ranks, model, tokenizer, model_dir, files, corpus_options,
-                              config, options, out)
     if options.fsdp:
         if not ranks.distributed:
             raise BuildError("--fsdp needs several ranks: launch with torchrun")
         model = distributed.fully_shard_model(model, ranks)
-    featurizer = Featurizer(model, tokenizer, config, optimizer_state=moments)
+    notes: list[str] = []
+    tracking = find_tracking(model, tokenizer, resolve_config(config, model))
+    moments = _second_moments(ranks, model, tokenizer, model_dir, files, corpus_options,
+                              config, options, out, scan.documents, tracking)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")          # the tracking notes are reported below
+        featurizer = Featurizer(model, tokenizer, config, optimizer_state=moments,
+                                tracking=tracking)
+    notes += _featurizer_notes(featurizer, config)
+    if not featurizer.config.unit_normalize and options.storage_dtype == "float16":
+        options = dataclasses.replace(options, storage_dtype="float32")
+        notes.append("vectors are not unit normalized: stored as float32 (float16 overflows "
+                     "beyond 65,504)")
     manifest = Manifest(
         model=ModelRecord(path=str(model_dir.resolve()), fingerprint=fp,
                           architecture=type(model).__name__.replace("FSDP", ""),
-                          tokenizer=type(tokenizer).__name__),
+                          tokenizer=type(tokenizer).__name__, given=source.given,
+                          base_model=None if source.base is None else str(source.base.resolve())),
         engine=featurizer.record(),
         corpus=CorpusRecord(files=tuple(CorpusFile(k["name"], k["fingerprint"])
                                         for k in sources),
@@ -178,7 +205,10 @@ def _build(ranks, model_dir, corpus, out, config, options, corpus_options, overw
                            shards_already_complete=len(complete) - len(broken),
                            skipped_empty=scan.empty, skipped_bad=scan.bad, ranks=ranks.world,
                            skipped_examples=scan.examples_of_bad + scan.examples_of_empty,
-                           scanned=rescanned, scan_bytes_read=scan.bytes_read)
+                           scanned=rescanned, scan_bytes_read=scan.bytes_read,
+                           notes=notes, max_len=featurizer.config.max_len,
+                           tracked_share=round(featurizer.tracking.share, 4),
+                           second_moments=None if moments is None else moments.source)
     before = READ.bytes
     written, examples, tokens = _featurize_shards(ranks, featurizer, store, files,
                                                   corpus_options, scan, mine, options,
@@ -287,10 +317,32 @@ def assign_shards(todo: list[int], tokens, world: int) -> list[list[int]]:
     return out
 
 
+def _featurizer_notes(featurizer: Featurizer, config: TrackStarConfig) -> list[str]:
+    """What `tda index` tells the user it chose or left out."""
+    notes = []
+    if config.max_len is None:
+        notes.append(f"max_len {featurizer.config.max_len} (the model's positions, at most "
+                     f"{MAX_LEN_CAP}); longer documents become chunks")
+    warning = share_warning(featurizer.tracking)
+    if warning:
+        notes.append(f"warning: {warning}")
+    notes += featurizer.tracking.notes
+    sm = featurizer.second_moments
+    if sm is not None and sm.optimizer == "estimated":
+        est = sm.extra.get("estimate", {})
+        notes.append(f"no optimizer state: second moments estimated from "
+                     f"{est.get('examples')} examples of {est.get('documents')} documents "
+                     f"sampled at random (seed {est.get('seed')}) from the corpus's "
+                     f"{est.get('corpus_documents')}")
+    return notes
+
+
 def _second_moments(ranks, model, tokenizer, model_dir, files, corpus_options, config,
-                    options: IndexOptions, out) -> SecondMoments | None:
-    """The optimizer state to correct with: the given path, else the model directory's, else an
-    estimate from the first corpus documents (stored in the index and reused on resume)."""
+                    options: IndexOptions, out, n_documents, tracking) -> SecondMoments | None:
+    """The optimizer state to correct with: the given path, else the model directory's, else
+    an estimate from a seeded random sample of the corpus's documents, computed by every rank
+    on its device from its share of the sample and added up across ranks (stored in the index
+    and reused on resume)."""
     if config.correction == "none":
         return None
     factored = config.correction == "factored"
@@ -300,22 +352,34 @@ def _second_moments(ranks, model, tokenizer, model_dir, files, corpus_options, c
     if source is not None:
         return load_second_moments(source, model, factors_only=factored)
 
-    def estimate():
+    def stored():
         try:                  # a resumed build reuses the estimate stored in its index
-            stored = IndexStore.open(out).read_moments()
+            found = IndexStore.open(out).read_moments()
         except IndexUnusable:
-            stored = None
-        if stored is not None and stored.optimizer == "estimated":
-            return stored
-        texts = []
-        for doc in valid_documents(files, corpus_options):
-            texts.append(doc.text)
-            if len(texts) >= options.estimate_examples:
-                break
-        moments = estimate_from_texts(model, tokenizer, texts, config)
-        return moments.factored() if factored else moments
+            return None
+        return found if found is not None and found.optimizer == "estimated" else None
 
-    return _on_main(ranks, estimate)
+    reuse = _on_main(ranks, stored)
+    if reuse is not None:
+        return reuse
+    seed = config.seed
+    sample = sample_indices(n_documents, options.estimate_examples, seed)
+    mine = set(sample[ranks.rank::ranks.world])
+    resolved = resolve_config(config, model)
+    seqs = [e.sequence for i, doc in enumerate(valid_documents(files, corpus_options))
+            if i in mine for e in chunk_document(doc, tokenizer, resolved.max_len)]
+    estimator = moment_featurizer(model, tokenizer, resolved, tracking)
+    batch = resolved.batch_size
+    batches = max(distributed.gather(ranks, -(-len(seqs) // batch)))
+    reduce = lambda t: distributed.all_reduce_sum(ranks, t)  # noqa: E731
+    moments = estimate_moments(estimator, seqs, factored, batch, reduce, batches)
+    n = moments.extra["n_examples"]
+    moments.source = (f"estimated: mean squared per-example gradient over {n} examples of "
+                      f"{len(sample)} documents sampled at random (seed {seed}) from "
+                      f"{n_documents}")
+    moments.extra["estimate"].update(documents=len(sample), corpus_documents=n_documents,
+                                     seed=seed)
+    return moments
 
 
 def _featurize_shards(ranks, featurizer: Featurizer, store: IndexStore, files, corpus_options,

@@ -92,6 +92,17 @@ def any_true(ranks: Ranks, flag: bool) -> bool:
     return bool(t.item())
 
 
+def all_reduce_sum(ranks: Ranks, t):
+    """The sum of tensor ``t`` over all ranks, on every rank (gloo reduces on the CPU)."""
+    if not ranks.distributed:
+        return t
+    device = t.device
+    work = t.to("cpu") if dist.get_backend() == "gloo" else t
+    work = work.clone()
+    dist.all_reduce(work, op=dist.ReduceOp.SUM)
+    return work.to(device)
+
+
 def shutdown() -> None:
     """Leave the process group, if one was joined."""
     if dist.is_initialized():

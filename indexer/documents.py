@@ -37,23 +37,40 @@ class Example:
 
 def chunk_document(doc: Document, tokenizer, max_len: int) -> list[Example]:
     """Split a document into examples of at most ``max_len`` tokens. A document that fits keeps
-    its id; a longer one becomes ceil(n / max_len) near-equal chunks with ids DOCID#0, DOCID#1,
-    ... whose texts are the matching character spans. Documents of a single token are dropped
+    its id; a longer one becomes near-equal chunks with ids DOCID#0, DOCID#1, ... whose texts
+    are the matching character spans. When the tokenizer starts sequences with special tokens
+    (BOS), every chunk starts with them (they carry no loss), so a later chunk is not
+    featurized as if it began mid-stream without one. Documents of a single token are dropped
     (nothing to predict): the list is empty."""
-    enc = tokenizer(doc.text, add_special_tokens=True, return_offsets_mapping=True)
-    ids, offsets = enc["input_ids"], enc["offset_mapping"]
+    try:
+        enc = tokenizer(doc.text, add_special_tokens=True, return_offsets_mapping=True)
+        offsets = enc["offset_mapping"]
+    except (NotImplementedError, ValueError, TypeError, KeyError):   # no offsets support
+        enc, offsets = tokenizer(doc.text, add_special_tokens=True), None
+    ids = list(enc["input_ids"])
+    specials = set(getattr(tokenizer, "all_special_ids", None) or [])
+    special = [i in specials for i in ids]
     n = len(ids)
     if n < 2:
         return []
     if n <= max_len:
         return [Example(doc.id, doc.id, doc.text, TokenSequence(tuple(ids), 1))]
-    pieces = -(-n // max_len)
+    lead = 0
+    while lead < n - 1 and special[lead]:
+        lead += 1
+    lead = lead if lead < max_len - 1 else 0
+    body = n - lead
+    pieces = -(-body // (max_len - lead))
     out = []
     for j in range(pieces):
-        start, end = j * n // pieces, (j + 1) * n // pieces
-        spans = [o for o in offsets[start:end] if o[1] > o[0]]
-        text = doc.text[spans[0][0]:spans[-1][1]] if spans else ""
-        out.append(Example(f"{doc.id}#{j}", doc.id, text, TokenSequence(tuple(ids[start:end]), 1)))
+        start, end = lead + j * body // pieces, lead + (j + 1) * body // pieces
+        if offsets is not None:
+            spans = [o for o in offsets[start:end] if o[1] > o[0]]
+            text = doc.text[spans[0][0]:spans[-1][1]] if spans else ""
+        else:
+            text = tokenizer.decode(ids[start:end], skip_special_tokens=True)
+        out.append(Example(f"{doc.id}#{j}", doc.id, text,
+                           TokenSequence(tuple(ids[:lead] + ids[start:end]), 1)))
     return out
 
 

@@ -145,7 +145,8 @@ def transform_shard(index: str, name: str, shard: int) -> int:
     slices = preconditioner.block_slices(store.manifest.engine.block_dims)
     v = torch.from_numpy(store.read_shard(shard, ("vectors",), verify=True)["vectors"]) \
         .to(device).double()
-    out = preconditioner.transform(blocks, slices, v).float().cpu().numpy()
+    out = preconditioner.transform(blocks, slices, v, store.manifest.engine.config
+                                   .unit_normalize).float().cpu().numpy()
     store.write_profile_shard(name, shard, out)
     return int(out.shape[0])
 

@@ -13,7 +13,10 @@ from tda.schemas.fields import doc, from_data, to_data
 
 Correction = Literal["factored", "exact", "none"]
 CORRECTIONS: tuple[str, ...] = ("factored", "exact", "none")
-DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16", "float64")
+DTYPES: tuple[str, ...] = ("auto", "float32", "bfloat16", "float16", "float64")
+# max_len when not given: the model's positions, capped here (longer documents become chunks)
+MAX_LEN_CAP = 2048
+DEFAULT_EPSILON = 1e-8
 
 
 @dataclass(frozen=True)
@@ -33,21 +36,26 @@ class TrackStarConfig:
         "Optimizer second-moment correction: 'factored' (row/column factors folded into the "
         "projection; fast), 'exact' (elementwise on the full per-example gradient; slow "
         "reference), 'none' (ablation).", default="factored")
-    epsilon: float = doc(
+    epsilon: float | None = doc(
         "Added to the second-moment denominator: G/(sqrt(V)+eps) when exact; with factored, each "
-        "factor is (r/sqrt(mean V)+eps)^-1/2.", default=1e-8)
+        "factor is (r/sqrt(mean V)+eps)^-1/2. Default: each parameter's optimizer param-group "
+        "eps (Adam's eps; Adafactor's eps1), else 1e-8; a value here overrides them.",
+        default=None)
     unit_normalize: bool = doc("Scale each vector to unit L2 norm (off = Grad-Dot ablation).",
                                default=True)
-    max_len: int = doc("Maximum tokens per example or query; longer training texts are cut "
-                       "(the indexer splits them into chunks first).", default=256)
+    max_len: int | None = doc(
+        "Maximum tokens per example or query; longer training texts are cut (the indexer splits "
+        f"them into chunks first). Default: the model's positions, at most {MAX_LEN_CAP}.",
+        default=None)
     include: str = doc("Regular expression over module names: which weights to track.",
                        default=".*")
     exclude: str = doc("Regular expression over module names: weights not to track "
                        "(empty = none).", default="")
     include_embeddings: bool = doc("Also track the input embedding matrices.", default=False)
-    dtype: Literal["float32", "bfloat16", "float16", "float64"] = doc(
-        "Model compute dtype. Projections are computed in float32 (float64 for float64 models).",
-        default="float32")
+    dtype: Literal["auto", "float32", "bfloat16", "float16", "float64"] = doc(
+        "Model compute dtype; auto = the checkpoint's. Hooks and projections compute in float32 "
+        "whatever the model's dtype (float64 for float64 models), autocast off.",
+        default="auto")
     batch_size: int = doc("Examples per forward/backward pass in Featurizer.encode_*.", default=8)
 
     def __post_init__(self) -> None:
@@ -59,9 +67,9 @@ class TrackStarConfig:
             raise ConfigError(f"correction must be one of {CORRECTIONS}, got {self.correction!r}")
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
-        if self.epsilon < 0:
+        if self.epsilon is not None and self.epsilon < 0:
             raise ConfigError(f"epsilon must be >= 0, got {self.epsilon}")
-        if self.max_len < 2:
+        if self.max_len is not None and self.max_len < 2:
             raise ConfigError(f"max_len must be >= 2 tokens, got {self.max_len}")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")

@@ -35,15 +35,35 @@ def doc(text: str, *, default: Any = MISSING, default_factory: Any = MISSING,
     return field(**kw)
 
 
+def added(default: Any = None, *, default_factory: Any = MISSING) -> Any:
+    """A record field added after its record was first written: it has a default, so data
+    without it still reads, and it is left out of :func:`to_data` while it holds that default,
+    so such data is also written back unchanged."""
+    kw: dict[str, Any] = {"metadata": {"added": True}}
+    if default_factory is not MISSING:
+        kw["default_factory"] = default_factory
+    else:
+        kw["default"] = default
+    return field(**kw)
+
+
+def _at_default(f: dataclasses.Field, value: Any) -> bool:
+    if f.default_factory is not MISSING:
+        return value == f.default_factory()
+    return value == f.default
+
+
 def help_of(cls, name: str) -> str:
     """The documentation of field ``name`` of dataclass ``cls``."""
     return next(f.metadata.get("help", "") for f in dataclasses.fields(cls) if f.name == name)
 
 
 def to_data(obj: Any) -> Any:
-    """A dataclass (nested dataclasses, tuples, lists, dicts, scalars) as JSON-ready data."""
+    """A dataclass (nested dataclasses, tuples, lists, dicts, scalars) as JSON-ready data;
+    fields declared with :func:`added` are left out while they hold their default."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_data(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {f.name: to_data(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if not (f.metadata.get("added") and _at_default(f, getattr(obj, f.name)))}
     if isinstance(obj, (list, tuple)):
         return [to_data(x) for x in obj]
     if isinstance(obj, dict):

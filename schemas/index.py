@@ -11,9 +11,10 @@ that an older reader would misread (a field changing meaning, data laid out diff
 bumps ``SCHEMA_VERSION``; an unknown version is refused with a message that says how to
 rebuild. Adding information is not such a change: a new *optional* field (with a default, so
 manifests that lack it still read) keeps the version, as the ``build`` record does here
-(manifests of tda 0.1.0 have none). To add one: give the record a field with a default
-(``None`` or an empty value), write it in the indexer, and read it where it is used, handling
-the default. A reader older than the field refuses the manifest ("unknown fields"): it never
+(manifests of tda 0.1.0 have none). To add one: declare it ``added(default)``
+(``schemas.fields.added``: ``None`` or an empty value; left out of the JSON while it holds
+its default, so older manifests are written back unchanged), write it in the indexer, and
+read it where it is used, handling the default. A reader older than the field refuses the manifest ("unknown fields"): it never
 silently ignores what it does not understand.
 
 Version 2 (this tda) sizes shards in examples (``Layout.shard_unit`` "examples", whatever the
@@ -29,7 +30,7 @@ from typing import Any, Literal
 from tda.errors import SchemaVersionMismatch
 from tda.schemas.config import TrackStarConfig
 from tda.schemas.corpus import CorpusOptions
-from tda.schemas.fields import from_data, to_data
+from tda.schemas.fields import added, from_data, to_data
 from tda.schemas.options import IndexOptions
 
 SCHEMA_VERSION = 2
@@ -44,6 +45,8 @@ class ModelRecord:
     fingerprint: str             # engine.model.model_fingerprint (16 hex of a sha256)
     architecture: str            # the Hugging Face class, e.g. GPT2LMHeadModel
     tokenizer: str               # the tokenizer's class name
+    given: str = added("")       # what --model said (a path or a cached Hub id)
+    base_model: str | None = added()   # resolved base model directory of a PEFT adapter
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,9 @@ class TrackedWeightRecord:
     k: int
     blocks: int
     dim: int
+    experts: int = added(0)            # a bank of this many [out, in] matrices (0: one matrix)
+    sites: tuple[str, ...] = added(())  # its uses: linear | lookup | experts
+    epsilon: float | None = added()    # eps of its correction (None: no correction)
 
 
 @dataclass(frozen=True)
@@ -66,6 +72,30 @@ class SecondMomentSource:
 
     source: str                  # a file path, or "estimated: ..." when estimated from texts
     optimizer: str               # adam | adafactor | adam+adafactor | estimated
+    estimate: EstimateRecord | None = added()   # how V was estimated (optimizer "estimated")
+
+
+@dataclass(frozen=True)
+class EstimateRecord:
+    """V estimated without optimizer state: the mean squared per-example gradient over a seeded
+    random sample of the corpus's documents."""
+
+    examples: int                # examples (chunks) the mean is over
+    form: str                    # full | factored (row/column sums only)
+    documents: int | None = None          # documents sampled
+    corpus_documents: int | None = None   # documents in the corpus
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class TrackedShare:
+    """How much of the model's matrix parameters the vectors see (engine.tracking)."""
+
+    share: float                 # tracked / matrix_parameters
+    tracked: int                 # parameters (numel) of the tracked weights
+    matrix_parameters: int       # the model's matrix parameters (embeddings only if tracked)
+    narrowed: bool = False       # --include/--exclude narrowed the set on purpose
+    left_out: tuple[str, ...] = ()   # notes: weights left out and why
 
 
 @dataclass(frozen=True)
@@ -77,6 +107,10 @@ class EngineRecord:
     dim: int                                     # d: sum of the tracked weights' dims
     tracked: tuple[TrackedWeightRecord, ...]
     second_moments: SecondMomentSource | None    # None when config.correction == "none"
+    model_dtype: str | None = added()            # the model's parameter dtype when built
+    tracked_share: TrackedShare | None = added()  # None in indexes older than the field
+    projection_digest: str | None = added()      # engine.projection.projection_digest
+    torch: str | None = added()                  # torch version that drew the projections
 
     @property
     def block_dims(self) -> list[int]:
@@ -110,7 +144,7 @@ class Layout:
     [s*n, (s+1)*n)."""
 
     shard_size: int              # examples (schema 1: documents) per shard
-    storage_dtype: str           # float16, or bfloat16 stored as uint16 bits
+    storage_dtype: str           # float16, float32, or bfloat16 stored as uint16 bits
     shard_unit: Literal["examples", "documents"] = "documents"
 
     def shard_count(self, units: int) -> int:
@@ -200,6 +234,7 @@ class Manifest:
         moments = self.engine.second_moments
         return {"model fingerprint": self.model.fingerprint, "featurizer": cfg,
                 "second_moments": None if moments is None else to_data(moments),
+                "projection_digest": self.engine.projection_digest,
                 "corpus": [(f.name, f.fingerprint) for f in self.corpus.files],
                 "reader": to_data(self.corpus.options), "layout": to_data(self.layout)}
 

@@ -55,8 +55,10 @@ class IndexOptions:
     shard_size: int = doc("Examples per shard (chunks of at most --max-len tokens, whatever "
                           "the documents): the unit of work, of resuming and of search "
                           "fan-out; bounds a rank's buffers.", default=4096)
-    storage_dtype: Literal["float16", "bfloat16"] = doc("dtype of the stored unit vectors.",
-                                                        default="float16")
+    storage_dtype: Literal["float16", "bfloat16", "float32"] = doc(
+        "dtype of the stored vectors. An index without unit normalization is stored in "
+        "float32 when float16 is asked (its values may exceed float16's 65,504).",
+        default="float16")
     batch_tokens: int = doc("Token budget of one forward/backward batch (padding included); "
                             "examples are bucketed by length.", default=8192)
     fsdp: bool = doc("Shard the model over ranks with FSDP2 (for models that do not fit one "
@@ -71,8 +73,8 @@ class IndexOptions:
         "Optimizer state (file or dir). Default: the model directory's optimizer.pt / "
         "tda_second_moments.pt, else estimated from the corpus.", default=None)
     estimate_examples: int = doc(
-        "Documents used to estimate second moments when no optimizer state exists.",
-        default=256)
+        "Documents sampled at random over the whole corpus (seeded by --seed) to estimate "
+        "second moments when no optimizer state exists.", default=256)
 
     def __post_init__(self) -> None:
         _positive(self, "shard_size", "estimate_examples")
@@ -86,11 +88,16 @@ class IndexOptions:
 class IndexCommand:
     """`tda index`: what to featurize, where to, and how to report."""
 
-    model_dir: str = doc("Hugging Face causal LM directory (config, weights, tokenizer).",
-                         flag="--model")
+    model_dir: str = doc("Hugging Face causal LM: a directory (config, weights, tokenizer), "
+                         "a PEFT adapter directory (adapter_config.json; its adapter matrices "
+                         "are tracked), or a Hub id already in the local cache (resolved "
+                         "offline).", flag="--model")
     corpus: tuple[str, ...] = doc("Corpus file or directory (.jsonl, .txt, .parquet, datasets "
                                   "dir); repeat, or list more after the options.")
     out: str = doc("Index path (a directory, or any fsspec URL).")
+    base_model: str | None = doc("Base model of a PEFT adapter --model (directory or cached "
+                                 "Hub id); default: the base its adapter_config.json names.",
+                                 default=None)
     overwrite: bool = doc("Replace whatever is at --out.", default=False)
     progress: bool = doc("Show a progress bar (rank 0).", default=True)
     json: bool = _json()

@@ -35,7 +35,7 @@ def _faiss():
 def factory_string(faiss_index: str, d: int, n: int, storage_dtype: str) -> str:
     """The FAISS factory string for ``faiss_index``: 'exact', 'hnsw', 'ivfpq' or a factory
     string (returned as it is), for n vectors of dimension d."""
-    sq = "SQfp16" if storage_dtype == "float16" else "SQbf16"
+    sq = {"float16": "SQfp16", "bfloat16": "SQbf16"}.get(storage_dtype, "Flat")
     if faiss_index == "exact":
         return sq
     if faiss_index == "hnsw":

@@ -21,12 +21,13 @@ class QueryEncoder:
     def __init__(self, store: IndexStore, model_dir: str | Path | None = None,
                  device: str | None = None):
         manifest = store.manifest
-        path = Path(model_dir or manifest.model.path)
-        check_model(path, manifest.model.fingerprint,
-                    f"index {store.url}, built from {manifest.model.path}")
+        source = check_model(model_dir or manifest.model.path, manifest.model.fingerprint,
+                             f"index {store.url}, built from {manifest.model.path}",
+                             None if model_dir else manifest.model.base_model)
+        path = source.path
         config = manifest.engine.config
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.model, self.tokenizer = load_model(path, dtype=config.dtype, device=device)
+        self.model, self.tokenizer = load_model(source, dtype=config.dtype, device=device)
         self.featurizer = Featurizer(self.model, self.tokenizer, config,
                                      optimizer_state=store.read_moments())
         names = [t.name for t in manifest.engine.tracked]
@@ -34,6 +35,14 @@ class QueryEncoder:
                 self.featurizer.dim != manifest.dim:
             raise ModelMismatch(f"{path}: tracked weights or dimension differ from the index's "
                                 f"({store.url})")
+        digest = manifest.engine.projection_digest
+        if digest is not None and digest != self.featurizer.projection_digest:
+            raise ModelMismatch(
+                f"{store.url}: projection matrices differ from the index's (digest "
+                f"{self.featurizer.projection_digest} vs {digest}): this torch "
+                f"({torch.__version__}) draws other normals from the same seeds than the one "
+                f"that built the index ({manifest.engine.torch or 'unknown'}); query with that "
+                f"torch version, or rebuild the index")
         self.config = config
         self.lock = threading.Lock()
 

@@ -25,6 +25,7 @@ class Profile:
     blocks: list[torch.Tensor]
     slices: list[slice]
     info: dict
+    unit_normalize: bool = True
 
     @classmethod
     def load(cls, store: IndexStore, name: str) -> "Profile":
@@ -35,9 +36,11 @@ class Profile:
                                  f"(profiles: {complete_profiles(store) or 'none'})")
         blocks = [torch.from_numpy(b).double() for b in stored.read_transform()]
         return cls(name, blocks, preconditioner.block_slices(store.manifest.engine.block_dims),
-                   dict(stored.group.attrs))
+                   dict(stored.group.attrs), store.manifest.engine.config.unit_normalize)
 
     def transform(self, vectors: np.ndarray) -> np.ndarray:
-        """Unit rows [n, d] -> R^-1/2 v / ||R^-1/2 v||, float32."""
+        """Rows [n, d] -> R^-1/2 v, divided by its norm when the index is unit normalized
+        (without it, Grad-Dot with R stays a dot product), float32."""
         x = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32)).double()
-        return preconditioner.transform(self.blocks, self.slices, x).float().numpy()
+        return preconditioner.transform(self.blocks, self.slices, x,
+                                        self.unit_normalize).float().numpy()

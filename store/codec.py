@@ -28,7 +28,9 @@ def checksum(arrays: dict[str, np.ndarray | list]) -> str:
 
 
 def to_storage(vectors: np.ndarray, storage_dtype: str) -> np.ndarray:
-    """float32 [n, d] -> stored array: float16, or bfloat16 bits as uint16."""
+    """float32 [n, d] -> stored array: float16, float32, or bfloat16 bits as uint16."""
+    if storage_dtype == "float32":
+        return np.ascontiguousarray(vectors, dtype=np.float32)
     if storage_dtype == "float16":
         return vectors.astype(np.float16)
     import torch
@@ -38,7 +40,7 @@ def to_storage(vectors: np.ndarray, storage_dtype: str) -> np.ndarray:
 
 def from_storage(stored: np.ndarray, storage_dtype: str) -> np.ndarray:
     """Stored array [n, d] -> float32."""
-    if storage_dtype == "float16":
+    if storage_dtype in ("float16", "float32"):
         return stored.astype(np.float32)
     import torch
     return torch.from_numpy(np.ascontiguousarray(stored)).view(torch.bfloat16).float().numpy()

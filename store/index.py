@@ -310,7 +310,8 @@ class IndexStore:
                     arr[:] = t.double().numpy()
             crash_point("moments")
         g.attrs[COMPLETE_KEY] = {"names": names, "source": moments.source,
-                                 "optimizer": moments.optimizer, "extra": moments.extra}
+                                 "optimizer": moments.optimizer, "extra": moments.extra,
+                                 "epsilon": moments.epsilon}
 
     def read_moments(self):
         """The stored SecondMoments, or None when the index has none (correction 'none')."""
@@ -327,7 +328,7 @@ class IndexStore:
                      for part in ("full", "row", "col") if f"{block_name(i)}_{part}" in g}
             moments[name] = Moment(**parts)
         return SecondMoments(moments, source=meta["source"], optimizer=meta["optimizer"],
-                             extra=meta.get("extra", {}))
+                             extra=meta.get("extra", {}), epsilon=meta.get("epsilon", {}))
 
     # ---------------------------------------------------------------- profiles
     def profile_names(self) -> list[str]:

@@ -26,7 +26,8 @@ def index_info(url: str | Path, model_dir: str | Path | None = None) -> dict:
     m = store.manifest
     if model_dir is not None:
         from tda.engine.model import check_model
-        check_model(model_dir, m.model.fingerprint, f"{url}: built from {m.model.path}")
+        check_model(model_dir, m.model.fingerprint, f"{url}: built from {m.model.path}",
+                    m.model.base_model)
     status = store.shard_status()
     unreadable = store.unreadable_shards()
     complete = {i: s["rows"] for i, s in status.items() if s}
@@ -53,6 +54,7 @@ def index_info(url: str | Path, model_dir: str | Path | None = None) -> dict:
         "dim": m.dim,
         "config": m.engine.config.to_dict(),
         "tracked_weights": len(m.engine.tracked),
+        "tracked_share": to_data(m.engine.tracked_share),
         "second_moments": to_data(m.engine.second_moments),
         "corpus": {"documents": m.corpus.documents, "files": [f.name for f in m.corpus.files]},
         "layout": to_data(m.layout),
@@ -81,6 +83,11 @@ def render_info(info: dict) -> str:
         f"{cfg['projection_dim']} x{cfg['projection_blocks']} blocks, correction="
         f"{cfg['correction']}, unit_normalize={cfg['unit_normalize']}, max_len={cfg['max_len']}",
         f"moments     {(info['second_moments'] or {}).get('source', 'none')}",
+        *([f"tracked     {share['share']:.1%} of the model's matrix parameters "
+           f"({share['tracked']:,} of {share['matrix_parameters']:,})"
+           + ("; narrowed by include/exclude" if share["narrowed"] else "")
+           + "".join(f"\n            {n}" for n in share["left_out"][:10])]
+          if (share := info.get("tracked_share")) else []),
         f"corpus      {info['corpus']['documents']} documents from "
         f"{len(info['corpus']['files'])} file(s)",
         f"examples    {info['examples']} in {sh['complete']}/{sh['expected']} complete shards "

@@ -34,7 +34,8 @@ def verify_index(url: str, model_dir: str | Path | None = None) -> dict:
         from tda.engine.model import check_model
         try:
             check_model(model, manifest.model.fingerprint, f"{url}: built from "
-                                                            f"{manifest.model.path}")
+                        f"{manifest.model.path}",
+                        None if model_dir is not None else manifest.model.base_model)
             checked["model"] = str(model)
         except (IndexMismatch, ModelError) as e:
             problems.append(f"model: {e}")

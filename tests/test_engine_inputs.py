@@ -35,14 +35,14 @@ def test_long_text_is_cut_to_max_len_with_a_warning(loaded, tiny_model_dir, lama
                                atol=FLOAT32_SAME_ATOL, rtol=0)
 
 
-def test_empty_target_and_too_long_query(loaded, tiny_model_dir):
+def test_empty_target_and_too_long_target(loaded, tiny_model_dir):
     model, tok = loaded
     f = Featurizer(model, tok, TrackStarConfig(projection_dim=4, max_len=16),
                    optimizer_state=tiny_model_dir)
     with pytest.raises(ValueError, match=r"query 1 .*target is empty"):
         f.encode_queries([("Paris is in", " France"), ("Allan Peiper was born in", " ")])
-    with pytest.raises(ValueError, match=r"query 0 .*longer than max_len=16"):
-        f.encode_queries([("word " * 30, " France")])
+    with pytest.raises(ValueError, match=r"query 0 .*target is \d+ tokens: with max_len=16"):
+        f.encode_queries([("Paris is in", " France" * 20)])
 
 
 def test_max_len_beyond_model_positions(loaded):

@@ -25,7 +25,7 @@ def test_exact_path_matches_autograd_reference(tiny_model_dir, lama_texts, unit_
     f = Featurizer(model, tok, cfg, optimizer_state=tiny_model_dir)
     texts = lama_texts[:5]
     got = f.featurize_examples(texts)
-    ref_model = reference.untied_copy(model)
+    ref_model = reference.untied_copy(model, f)
     seqs = f.example_sequences(texts)
     ref = torch.stack([reference.project(f, reference.corrected(f, g, "exact"))
                        for g in reference.full_gradients(f, ref_model, seqs)])
@@ -44,7 +44,7 @@ def test_exact_path_matches_reference_queries(tiny_model_dir):
     queries = [("Allan Peiper was born in", " Alexandra"), ("Paris is the capital of", " France")]
     got = torch.from_numpy(f.encode_queries(queries)).double()
     ref = torch.stack([reference.project(f, reference.corrected(f, g, "exact"))
-                       for g in reference.full_gradients(f, reference.untied_copy(model),
+                       for g in reference.full_gradients(f, reference.untied_copy(model, f),
                                                          f.query_sequences(queries))])
     assert _rel_err(got, ref) < FLOAT32_REL
 
@@ -83,7 +83,7 @@ def test_factored_path_matches_reference(tiny_model_dir, lama_texts):
     f = Featurizer(model, tok, cfg, optimizer_state=tiny_model_dir)
     seqs = f.example_sequences(lama_texts[:4])
     ref = torch.stack([reference.project(f, reference.corrected(f, g, "factored"))
-                       for g in reference.full_gradients(f, reference.untied_copy(model), seqs)])
+                       for g in reference.full_gradients(f, reference.untied_copy(model, f), seqs)])
     assert _rel_err(_phi64(f, seqs), ref) < FLOAT64_REL
 
 
@@ -93,18 +93,22 @@ def test_no_correction_matches_plain_projected_gradient(tiny_model_dir, lama_tex
                                                unit_normalize=False, dtype="float64"))
     seqs = f.example_sequences(lama_texts[:3])
     ref = torch.stack([reference.project(f, g)
-                       for g in reference.full_gradients(f, reference.untied_copy(model), seqs)])
+                       for g in reference.full_gradients(f, reference.untied_copy(model, f), seqs)])
     assert _rel_err(_phi64(f, seqs), ref) < FLOAT64_REL
 
 
-def test_embeddings_tracked_match_reference(gpt2_dir, lama_texts):
+def test_tied_embeddings_tracked_as_one_block_match_reference(gpt2_dir, lama_texts):
     model, tok = _load64(gpt2_dir)
     cfg = TrackStarConfig(projection_dim=4, correction="exact", include_embeddings=True,
                           unit_normalize=False, dtype="float64")
     f = Featurizer(model, tok, cfg, optimizer_state=gpt2_dir)
+    # the tied parameter is ONE block: its lookup and the head's linear use, summed
     assert f.weights[0].is_embedding and f.weights[0].name == "transformer.wte"
+    assert [s.kind for s in f.weights[0].sites] == ["lookup", "linear"]
+    assert "lm_head" not in {w.name for w in f.weights}
+    assert sum(w.param_name == "transformer.wte.weight" for w in f.weights) == 1
     seqs = f.example_sequences(lama_texts[:3])
-    ref_model = reference.untied_copy(model)
+    ref_model = reference.untied_copy(model, f)
     ref = torch.stack([reference.project(f, reference.corrected(f, g, "exact"))
                        for g in reference.full_gradients(f, ref_model, seqs)])
     assert _rel_err(_phi64(f, seqs), ref) < FLOAT64_REL
@@ -132,7 +136,7 @@ def test_random_projection_preserves_cosine(gpt2_dir):
     f0 = Featurizer(model, tok, base, optimizer_state=gpt2_dir)
     seqs = f0.example_sequences(texts)
     full = torch.stack([reference.flat(reference.corrected(f0, g, "factored"))
-                        for g in reference.full_gradients(f0, reference.untied_copy(model), seqs)])
+                        for g in reference.full_gradients(f0, reference.untied_copy(model, f0), seqs)])
     full = full / full.norm(dim=1, keepdim=True)
     iu = torch.triu_indices(len(texts), len(texts), 1)
     true_cos = (full @ full.t())[iu[0], iu[1]]
@@ -163,7 +167,7 @@ def test_blocks_match_reference(gpt2_dir, lama_texts, blocks):
         f = Featurizer(model, tok, cfg, optimizer_state=gpt2_dir)
         seqs = f.example_sequences(lama_texts[:3])
         ref = torch.stack([reference.project(f, reference.corrected(f, g, correction))
-                           for g in reference.full_gradients(f, reference.untied_copy(model),
+                           for g in reference.full_gradients(f, reference.untied_copy(model, f),
                                                              seqs)])
         assert f.dim == 9 * blocks * len(f.weights)
         assert _rel_err(_phi64(f, seqs), ref) < FLOAT64_REL

@@ -27,7 +27,7 @@ def _forward(model, seq, pad):
 
 def _logprob(model, tok, prompt, target):
     with torch.no_grad():
-        logits, labels = _forward(model, query_sequence(tok, prompt, target, 256), 0)
+        logits, labels = _forward(model, query_sequence(tok, prompt, target, 256)[0], 0)
         return -float(per_example_loss(logits, labels)[0])
 
 
@@ -171,8 +171,11 @@ def test_long_example_is_truncated_with_a_warning(gpt2_f64):
     patcher = TailPatcher(model, tok, state, lr=3e-3, max_len=8)
     with pytest.warns(UserWarning, match="max_len=8"):
         patcher.delta("The", " city", TEXTS[0])
-    with pytest.raises(ValueError, match="longer than max_len"):
+    with pytest.warns(UserWarning, match="query longer than max_len=8 tokens: its prompt "
+                                         "keeps the end"):
         patcher.delta(TEXTS[0], " city", TEXTS[1])
+    with pytest.raises(ValueError, match="target is .* no prompt token is left"):
+        patcher.delta("The", " city" * 9, TEXTS[1])
 
 
 def _fact_cases(train_texts):

@@ -3,9 +3,11 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from tda.tests import helpers
 from tda.tests.indexing import read_index, tda
+from tda.engine import TrackStarConfig
 from tda.indexer.documents import chunk_document
 from tda.indexer.scan import scan_corpus
 from tda.errors import CorpusError
@@ -164,10 +166,28 @@ def test_cli_without_optimizer_state_estimates_it(tmp_path, gpt2_dir, texts):
     shutil.copytree(gpt2_dir, model)
     (model / "optimizer.pt").unlink()
     path = _jsonl(tmp_path / "c.jsonl", [{"id": f"d{i}", "text": t} for i, t in enumerate(texts)])
-    tda("index", "--model", str(model), "--corpus", str(path), "--out", str(tmp_path / "i"),
-        *FAST, "--estimate-examples", "6")
+    first = tda("index", "--model", str(model), "--corpus", str(path), "--out",
+                str(tmp_path / "i"), *FAST, "--estimate-examples", "6")
+    assert ("second moments estimated from 6 examples of 6 documents sampled at random (seed 0) "
+            "from the corpus's 12") in first.stderr
     info = json.loads(tda("info", str(tmp_path / "i"), "--json").stdout)
-    assert "estimated: mean squared gradient over 6 examples" in info["second_moments"]["source"]
+    assert "over 6 examples of 6 documents sampled at random" in info["second_moments"]["source"]
+    assert info["second_moments"]["estimate"] == {"examples": 6, "form": "factored",
+                                                  "documents": 6, "corpus_documents": 12,
+                                                  "seed": 0}
+    # the sample is spread over the whole corpus, and V is the mean squared gradient over it
+    from tda.engine import estimate_from_texts, load_model
+    from tda.engine.estimate import sample_indices
+    from tda.store import IndexStore
+    picked = sample_indices(12, 6, 0)
+    assert picked != list(range(6))
+    m, tok = load_model(model)
+    expect = estimate_from_texts(m, tok, [texts[i] for i in picked],
+                                 TrackStarConfig(max_len=160)).factored()
+    stored = IndexStore.open(tmp_path / "i").read_moments()
+    for name, mom in expect.moments.items():
+        torch.testing.assert_close(stored[name].row, mom.row, rtol=1e-4, atol=1e-12)
+        torch.testing.assert_close(stored[name].col, mom.col, rtol=1e-4, atol=1e-12)
     again = tda("index", "--model", str(model), "--corpus", str(path), "--out",
                 str(tmp_path / "i"), *FAST, "--estimate-examples", "6", "--json")
     assert json.loads(again.stdout)["shards_written"] == 0      # reuses the saved estimate

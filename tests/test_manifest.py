@@ -79,8 +79,8 @@ def test_unknown_schema_version_is_refused_with_how_to_rebuild(v1):
 
 def test_fields_a_reader_does_not_know_are_refused_and_optional_ones_default(v1):
     raw = _raw(v1)
-    newer = {**raw, "featurizer": {**raw["featurizer"], "tracked_share": 0.5}}
-    with pytest.raises(SchemaVersionMismatch, match=r"unknown fields \['tracked_share'\].*"
+    newer = {**raw, "featurizer": {**raw["featurizer"], "from_a_newer_tda": 0.5}}
+    with pytest.raises(SchemaVersionMismatch, match=r"unknown fields \['from_a_newer_tda'\].*"
                                                     r"Rebuild the index"):
         Manifest.from_dict(newer, where=str(v1))
     broken = {k: v for k, v in raw.items() if k != "layout"}

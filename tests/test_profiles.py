@@ -163,3 +163,39 @@ def test_killed_build_is_never_used_and_resumes(index, queries_file, tmp_path):
     for s in sorted(store.complete_shards()):
         np.testing.assert_array_equal(store.read_shard(s, ("vectors",), "killed")["vectors"],
                                       store.read_shard(s, ("vectors",), "fresh")["vectors"])
+
+
+def test_grad_dot_index_is_float32_and_its_profile_a_dot(tmp_path, gpt2_dir):
+    """Without unit normalization the index stores float32 (values float16 cannot hold stay
+    finite) and a profile keeps R^-1/2 phi unnormalized: Grad-Dot + R is not cosine."""
+    from tda.tests import helpers
+    from tda.tests.indexing import write_corpus
+    texts = [s for _, s in helpers.fact_sentences(24)]
+    out = tmp_path / "gd"
+    tda("index", "--model", str(gpt2_dir), "--corpus",
+        str(write_corpus(tmp_path / "c.jsonl", texts)), "--out", str(out), "--shard-size", "12",
+        "--max-len", "128", "--projection-dim", "3", "--no-unit-normalize", "--no-bm25",
+        "--no-progress")
+    store = IndexStore.open(out)
+    assert store.manifest.layout.storage_dtype == "float32"
+    data = read_index(out)
+    model, tok = load_model(gpt2_dir)
+    f = Featurizer(model, tok, TrackStarConfig(projection_dim=3, max_len=128,
+                                               unit_normalize=False),
+                   optimizer_state=store.read_moments())
+    whole = [i for i, x in enumerate(data["ids"].tolist()) if "#" not in x]   # not chunked
+    phi = f.encode_examples([texts[int(data["ids"][i][1:])] for i in whole])
+    np.testing.assert_allclose(data["vectors"][whole], phi, rtol=1e-4,
+                               atol=1e-6 * np.abs(phi).max())
+    # what float16 cannot hold (|x| > 65,504) round-trips through the layout's dtype
+    from tda.store.codec import from_storage, to_storage
+    big = phi * (1e6 / np.abs(phi).max())
+    assert np.isinf(from_storage(to_storage(big, "float16"), "float16")).any()
+    np.testing.assert_array_equal(from_storage(to_storage(big, "float32"), "float32"), big)
+    tda("precondition", str(out), "--name", "train", "--mode", "train", "--workers", "1")
+    profile = Profile.load(store, "train")
+    got = np.concatenate([store.read_shard(s, ("vectors",), profile="train")["vectors"]
+                          for s in sorted(store.complete_shards("train"))])
+    expect = profile.transform(data["vectors"])
+    np.testing.assert_allclose(got, expect, rtol=1e-4, atol=1e-6 * np.abs(expect).max())
+    assert not np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-2)

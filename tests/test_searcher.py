@@ -121,8 +121,9 @@ def test_generated_target_and_errors(searcher):
         searcher.search("Allan Peiper was born in", " ", k=3)
     with pytest.raises(SearchError, match="no profile 'nope'"):
         searcher.search("Allan Peiper was born in", " Alexandra", profile="nope")
-    with pytest.raises(ValueError, match="longer than max_len"):
-        searcher.search("word " * 200, " x")
+    with pytest.warns(UserWarning, match="longer than max_len=.*prompts keep the end"):
+        assert len(searcher.search("word " * 200, " Alexandra", k=3,
+                                   mode="trackstar").trackstar) == 3
     doc = searcher.document("s0")
     assert doc.doc_id == "s0" and "Peiper" in doc.text and doc.n_tokens > 0
     with pytest.raises(KeyError):
@@ -149,6 +150,22 @@ def test_model_must_match(index, tmp_path, gpt2_dir):
     (other / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ModelMismatch, match="does not match the index's"):
         Searcher(index, model_dir=other, workers=1)
+
+
+def test_other_normals_are_refused(index, monkeypatch):
+    """A torch that draws other numbers from the same seeds (simulated: the generator seeded
+    one off) gives other projections: the query side refuses instead of scoring garbage."""
+    from tda.engine import projection
+    from tda.searcher.encoder import QueryEncoder
+    from tda.store import IndexStore
+    store = IndexStore.open(index)
+    assert QueryEncoder(store).featurizer.projection_digest == \
+        store.manifest.engine.projection_digest
+    seed = projection.projection_seed
+    monkeypatch.setattr(projection, "projection_seed", lambda *a: seed(*a) + 1)
+    with pytest.raises(ModelMismatch, match=r"projection matrices differ from the index's "
+                                            r"\(digest \w+ vs \w+\): this torch"):
+        QueryEncoder(store)
 
 
 def test_cli_search(index, tmp_path):
