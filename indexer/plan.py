@@ -429,12 +429,12 @@ def make_plan(model: str, files: list[str], plan: PlanOptions = PlanOptions(),
 
 
 def _shard_rows(options: IndexOptions, corpus: CorpusSize) -> float:
-    """Examples in one (full) shard: ``shard_size`` documents and their chunks."""
-    return min(options.shard_size, corpus.documents) * corpus.examples / max(corpus.documents, 1)
+    """Examples in one (full) shard: ``shard_size`` examples, whatever the documents."""
+    return min(options.shard_size, corpus.examples)
 
 
 def _n_shards(options: IndexOptions, corpus: CorpusSize) -> int:
-    return math.ceil(corpus.documents / options.shard_size)
+    return math.ceil(corpus.examples / options.shard_size)
 
 
 def _moments_source(shape: ModelShape, track: TrackStarConfig) -> str:
