@@ -406,7 +406,8 @@ def eval_train_cmd(**kw):
         return
     acc = info.get("fact_accuracy")
     click.echo(f"trained {info['parameters']:,} parameters on {info['texts']} texts, "
-               f"{info['epochs']} epochs in {info['seconds']:.0f} s; final loss "
+               f"{info['epochs']} epochs in {info['seconds']:.0f} s "
+               f"({info['tokens_per_s']:,.0f} tokens/s); final loss "
                f"{info['final_loss']:.3f}" + (f"; knows {info['facts_known']}/{info['queries']}"
                                               f" facts ({acc:.1%})" if acc is not None else ""))
     click.echo(f"model: {cmd.out}")

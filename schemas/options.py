@@ -360,8 +360,9 @@ class PrepareCommand:
 class TrainOptions:
     """How ``tda eval train`` trains a small causal LM from scratch (AdamW)."""
 
-    preset: Literal["tiny", "small"] = doc("Model size: tiny (4 layers x 128) or small (6 x "
-                                           "256).", default="tiny")
+    preset: Literal["mini", "tiny", "small"] = doc(
+        "Model size: mini (4 layers x 64, ~0.5M parameters with the default vocabulary), tiny "
+        "(4 x 128, ~1.35M) or small (6 x 256, ~5.8M).", default="tiny")
     arch: Literal["gpt2", "llama"] = doc("Architecture: gpt2 (Conv1D, tied head) or llama "
                                          "(nn.Linear, untied head).", default="gpt2")
     epochs: int = doc("Passes over the corpus.", default=20)
@@ -372,9 +373,15 @@ class TrainOptions:
     seed: int = doc("Seed of initialization, shuffling and the tokenizer.", default=0)
     queries: str | None = doc("Queries for the fact accuracy (default: queries.jsonl beside the "
                               "corpus).", default=None)
+    batching: Literal["length", "random"] = doc(
+        "length: texts of similar length batched together (shuffled batches, little padding); "
+        "random: random batches padded to the longest.", default="length")
+    threads: int = doc("Torch threads for training (0: torch's default; 1 is often faster on a "
+                       "busy machine).", default=0)
 
     def __post_init__(self) -> None:
         _positive(self, "epochs", "batch_size", "vocab_size")
+        _positive(self, "threads", minimum=0)
         _positive(self, "max_len", minimum=2)
         if self.lr <= 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
