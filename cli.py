@@ -24,8 +24,8 @@ from tda.errors import TdaError, one_line
 from tda.schemas.config import TrackStarConfig
 from tda.schemas.corpus import CorpusOptions
 from tda.schemas.options import (DemoCommand, DemoOptions, EvalRunCommand, EvalRunOptions,
-                                 IndexCommand, IndexOptions, InfoCommand, PlanCommand,
-                                 PlanOptions, PrepareCommand,
+                                 EvalSizesCommand, IndexCommand, IndexOptions, InfoCommand,
+                                 PlanCommand, PlanOptions, PrepareCommand,
                                  PrepareOptions, PreconditionCommand, PreconditionOptions,
                                  SearchCommand, SearchOptions, ServeCommand, ServerLimits,
                                  TrainCommand, TrainOptions, VerifyCommand)
@@ -417,13 +417,28 @@ def eval_train_cmd(**kw):
 @options(EvalRunCommand)
 @options(EvalRunOptions)
 def eval_run_cmd(**kw):
-    """Retrieve with every method, score MRR, recall@10 and tail-patch, write REPORT/report.md,
-    report.json and charts. Ablation indexes and profiles are built under REPORT/ once."""
+    """Retrieve with every method; score MRR, recall@10, precision@10 (the paper's
+    definitions), coverage@10 and tail-patch, by fact frequency and sentence class; write
+    REPORT/report.md, report.json, charts and per-method results (.jsonl). Ablation indexes
+    and profiles are built under REPORT/ once."""
     from tda.evaluation.run import run_eval
     cmd = pick(EvalRunCommand, kw)
     _setup(False)
     run_eval(cmd.index, cmd.queries, cmd.out, pick(EvalRunOptions, kw))
     click.echo(Path(cmd.out, "report.md").read_text())
+
+
+@eval_group.command("sizes")
+@options(EvalSizesCommand)
+def eval_sizes_cmd(**kw):
+    """Compare model sizes on one benchmark: fact accuracy, MRR, recall@10 and tail-patch per
+    size, the change from the smallest to the largest (paired over queries) and a chart of
+    TrackStar's and BM25's MRR and tail-patch against parameters."""
+    from tda.evaluation.sizes import compare_sizes
+    cmd = pick(EvalSizesCommand, kw)
+    _setup(False)
+    compare_sizes(list(cmd.reports), cmd.out)
+    click.echo(Path(cmd.out, "sizes.md").read_text())
 
 
 # --------------------------------------------------------------------------- entry point

@@ -14,10 +14,12 @@ from torch import nn
 
 from tda.engine.batching import TokenSequence, collate, pad_id, per_example_loss
 from tda.errors import ConfigError, EvalError
+from tda.log import logger
 from tda.schemas.jsonl import read_jsonl
 from tda.schemas.options import TrainOptions
 
 
+log = logger(__name__)
 MIN_LR = 0.1
 Batching = Literal["length", "random"]
 BATCHINGS: tuple[str, ...] = ("length", "random")
@@ -122,18 +124,23 @@ class LMTrainer:
 def train_lm(model: nn.Module, tokenizer, texts: Sequence[str], *, epochs: int = 1,
              batch_size: int = 16, lr: float = 3e-3, weight_decay: float = 0.01,
              max_len: int = 128, seed: int = 0, warmup: int = 20,
-             batching: Batching = "length", progress=None) -> TrainResult:
+             batching: Batching = "length", progress=None, on_epoch=None) -> TrainResult:
     """Next-token training on ``texts`` with AdamW (see :class:`LMTrainer`): ``length``
     batching puts texts of similar length together (little padding), ``random`` pads random
-    draws to their longest. ``progress(step, total_steps, loss)`` after each step. The model
-    is left in eval mode."""
+    draws to their longest. ``progress(step, total_steps, loss)`` after each step;
+    ``on_epoch(epoch, result)`` after each epoch (1-based; the model in train mode, it may
+    switch to eval and back). The model is left in eval mode."""
     trainer = LMTrainer(model, tokenizer, texts, epochs=epochs, batch_size=batch_size, lr=lr,
                         weight_decay=weight_decay, max_len=max_len, seed=seed, warmup=warmup,
                         batching=batching)
+    per_epoch = (len(trainer.seqs) + batch_size - 1) // batch_size
     for rows in trainer.batches():
         loss = trainer.step(rows)
+        done = len(trainer.result.losses)
         if progress is not None:
-            progress(len(trainer.result.losses), trainer.total_steps, loss)
+            progress(done, trainer.total_steps, loss)
+        if on_epoch is not None and done % per_epoch == 0:
+            on_epoch(done // per_epoch, trainer.result)
     model.eval()
     return trainer.result
 
@@ -146,6 +153,8 @@ def train_benchmark_model(corpus: str | Path, out: str | Path,
     read), ``training.json`` (settings, final learning rate, per-step losses, fact accuracy) and
     ``loss.png``. ``options.threads``: torch intra-op threads for the training (0: torch's default;
     on a busy machine 1 thread can be several times faster than 2, which wait on each other).
+    ``options.fact_check_every``: also count the facts known every that many epochs (recorded
+    as ``facts_known_by_epoch`` and logged: a learning curve; 0: only at the end).
     Returns the training.json dict."""
     import json as _json
     import time as _time
@@ -170,12 +179,29 @@ def train_benchmark_model(corpus: str | Path, out: str | Path,
     threads_before = torch.get_num_threads()
     if o.threads:
         torch.set_num_threads(o.threads)
+    qpath = Path(o.queries) if o.queries else corpus.with_name("queries.jsonl")
+    qs = read_queries(qpath, need_target=True, need_id=True) if qpath.is_file() else None
+    curve: dict[int, int] = {}
+
+    def check(epoch: int, result: TrainResult) -> None:
+        every = o.fact_check_every
+        if qs is None or not every or (epoch % every and epoch != epochs):
+            return
+        model.eval()
+        curve[epoch] = sum(knows(model, tok, qs))
+        model.train()
+        per_epoch = len(result.losses) // epoch
+        mean = sum(result.losses[-per_epoch:]) / per_epoch
+        log.info(f"epoch {epoch}/{epochs}: mean loss {mean:.3f}, knows {curve[epoch]}/"
+                 f"{len(qs)} facts, {result.tokens / max(result.seconds, 1e-9):,.0f} tokens/s, "
+                 f"load {os.getloadavg()[0]:.1f}")
     try:
         torch.manual_seed(seed)
         tok = train_bpe_tokenizer(texts, vocab_size=vocab_size)
         model = new_model(arch, preset, tok, seed)
         result = train_lm(model, tok, texts, epochs=epochs, batch_size=batch_size, lr=lr,
-                          max_len=max_len, seed=seed, batching=o.batching, progress=progress)
+                          max_len=max_len, seed=seed, batching=o.batching, progress=progress,
+                          on_epoch=check)
     finally:
         torch.set_num_threads(threads_before)
     out.mkdir(parents=True, exist_ok=True)
@@ -194,9 +220,9 @@ def train_benchmark_model(corpus: str | Path, out: str | Path,
             "tokens_per_s": round(result.tokens / max(result.seconds, 1e-9), 1),
             "load_average": [round(x, 2) for x in os.getloadavg()],
             "seconds": round(_time.perf_counter() - started, 1), "losses": result.losses}
-    qpath = Path(o.queries) if o.queries else corpus.with_name("queries.jsonl")
-    if qpath.is_file():
-        qs = read_queries(qpath, need_target=True, need_id=True)
+    if curve:
+        info["facts_known_by_epoch"] = curve
+    if qs is not None:
         known = knows(model, tok, qs)
         info["fact_accuracy"] = sum(known) / len(known)
         info["facts_known"] = sum(known)
