@@ -180,3 +180,31 @@ def pair_metrics(records: Iterable[PairRecord], k: int = 10) -> dict[str, float]
            for name, value in sums.items()}
     out["n"] = n
     return out
+
+
+def sample_pairs(src: str | Path, out: str | Path, queries: int = 40, top: int = 20) -> dict:
+    """A small viewable copy of a report's ``pairs/`` directory: of every ``METHOD.jsonl``, the
+    first ``queries`` records with their lists cut to the first ``top`` (proponents, their ids,
+    scores and flags, and the opponents alike). Metrics computed from the copy are those of
+    lists of ``top``. Returns {file: records written}."""
+    src, out = Path(src), Path(out)
+    files = sorted(src.glob("*.jsonl"))
+    if not files:
+        raise PairFormatError(f"{src}: no .jsonl results files")
+    written = {}
+    for file in files:
+        recs = read_pair_jsonl(file)[:queries]
+        for rec in recs:
+            for name in ("proponents", "proponent_ids", "proponent_scores",
+                         "proponent_correct") + OPPONENT_FIELDS:
+                if getattr(rec, name) is not None:
+                    setattr(rec, name, getattr(rec, name)[:top])
+        written[file.name] = write_pair_jsonl(out / file.name, recs)
+    return written
+
+
+if __name__ == "__main__":      # python -m tda.evaluation.pair_format SRC OUT [QUERIES [TOP]]
+    import sys
+
+    args = sys.argv[1:]
+    print(json.dumps(sample_pairs(args[0], args[1], *map(int, args[2:4])), indent=1))
