@@ -228,14 +228,32 @@ def search_cmd(prompt, **kw):
         raise click.UsageError("give a PROMPT or --queries FILE (one of them)")
     defaults = {"target": kw["target"], "k": kw["k"], "mode": kw["mode"],
                 "profile": kw["profile"]}
-    requests = _read_requests(cmd.queries, defaults) if cmd.queries else \
-        [_request("request", prompt=prompt, **defaults)]
+    if cmd.queries:
+        from tda.schemas.queries import read_queries
+        queries = read_queries(cmd.queries)
+        requests = [_query_request(q, defaults) for q in queries]
+    else:
+        from tda.schemas.queries import Query
+        queries = [Query("prompt", prompt, defaults["target"])]
+        requests = [_request("request", prompt=prompt, **defaults)]
     with Searcher(cmd.index, pick(SearchOptions, kw),
                   load_model=any(r.mode != "bm25" or r.target is None
                                  for r in requests)) as searcher:
         for w in searcher.dense.warnings:
             _log().warning(w)
         responses = searcher.search_many(requests)
+        if cmd.format == "pair":
+            from tda.evaluation.pair_format import response_records
+            opponents = searcher.opponents(requests, cmd.opponents) if cmd.opponents else None
+            texts: dict[str, str] = {}
+
+            def text_of(example_id: str) -> str:
+                if example_id not in texts:
+                    texts[example_id] = searcher.document(example_id).text
+                return texts[example_id]
+            for rec in response_records(queries, responses, text_of, opponents):
+                click.echo(json.dumps(rec.to_dict(), ensure_ascii=False))
+            return
     if cmd.json:
         for r in responses:
             click.echo(r.model_dump_json())
@@ -257,14 +275,12 @@ def _request(where: str, **fields) -> SearchRequest:
         raise RecordError(f"{where}: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
 
 
-def _read_requests(path: str, defaults: dict) -> list[SearchRequest]:
-    """SearchRequests from a query file; the options give what a line leaves out."""
-    from tda.schemas.queries import read_queries
-    return [_request(f"{q.source}:{q.line}", **{
+def _query_request(q, defaults: dict) -> SearchRequest:
+    """The SearchRequest of one line of a query file; the options give what it leaves out."""
+    return _request(f"{q.source}:{q.line}", **{
         **defaults, "prompt": q.prompt,
         **({"target": q.target} if q.target is not None else {}),
         **{k: q.extra[k] for k in ("k", "mode", "profile") if k in q.extra}})
-        for q in read_queries(path)]
 
 
 @cli.command("verify")

@@ -30,7 +30,9 @@ load tda's results:
   the model's greedy continuation).
 
 :func:`read_pair_jsonl` reads such a file back (checking the fields and their lengths), and
-:func:`pair_metrics` computes the viewer's recall@10, precision@10 and MRR from it.
+:func:`pair_metrics` computes the viewer's recall@10, precision@10 and MRR from it. The
+evaluation writes one file per method (``evaluation/run.py``); ``tda search --format pair``
+writes the same records for any queries (:func:`response_records`).
 """
 from __future__ import annotations
 
@@ -39,11 +41,13 @@ import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable, Iterator, Sequence
 
 from tda.errors import EvalError, PairFormatError
-from tda.evaluation.metrics import coverage_at, ground_truth_metrics
+from tda.evaluation.metrics import correct_flags, coverage_at, ground_truth_metrics
 from tda.schemas.jsonl import read_jsonl
+from tda.schemas.queries import Query
+from tda.schemas.search import Hit, SearchResponse
 
 # The field list of the release (README.md, "TDA method results").
 REQUIRED_FIELDS: tuple[str, ...] = ("example_id", "inputs_plaintext", "targets_plaintext",
@@ -180,6 +184,48 @@ def pair_metrics(records: Iterable[PairRecord], k: int = 10) -> dict[str, float]
            for name, value in sums.items()}
     out["n"] = n
     return out
+
+
+SEARCH_LISTS: tuple[str, ...] = ("trackstar", "bm25", "fused")
+
+
+def response_records(queries: Sequence[Query], responses: Sequence[SearchResponse],
+                     text_of: Callable[[str], str],
+                     opponents: Sequence[Sequence[Hit]] | None = None,
+                     query_set: str | None = None) -> Iterator[PairRecord]:
+    """``tda search --format pair``: per query, one record per list its response holds
+    (``method``: trackstar, bm25 or fused), in query order. ``proponents`` are the full texts
+    (``text_of(example id)``), ``proponent_ids`` the example ids, ``proponent_scores`` the
+    list's scores; ``opponents[i]`` (``Searcher.opponents``) goes with the trackstar list.
+    ``targets_plaintext`` is the response's target (the model's continuation when the query
+    gave none). A query with ground-truth ``proponents`` (document ids) also gets
+    ``proponent_correct``, ``ground_truth_ids`` and its frequency; ``relation``, ``fact_id``
+    (the record's ``uuid``, else its id) where the query has them."""
+    for i, (q, resp) in enumerate(zip(queries, responses)):
+        truth = list(q.proponents)
+        for name in SEARCH_LISTS:
+            hits = getattr(resp, name)
+            if not hits:
+                continue
+            rec = PairRecord(
+                example_id=q.id, query_set=query_set, inputs_plaintext=resp.prompt,
+                targets_plaintext=resp.target, proponents=[text_of(h.id) for h in hits],
+                proponent_ids=[h.id for h in hits],
+                proponent_scores=[float(h.score) for h in hits], method=name,
+                relation=q.relation or None,
+                fact_id=str(q.extra.get("uuid", q.id)) if q.relation or truth else None)
+            if truth:
+                rec.proponent_correct = correct_flags([h.doc_id for h in hits], truth)
+                rec.ground_truth_ids = truth
+                rec.has_trex_sentence = bool(q.wikipedia_proponents)
+                rec.fact_frequency = len(truth)
+                rec.frequency_bucket = frequency_bucket(len(truth))
+            if name == "trackstar" and opponents is not None:
+                opp = opponents[i]
+                rec.opponents = [text_of(h.id) for h in opp]
+                rec.opponent_ids = [h.id for h in opp]
+                rec.opponent_scores = [float(h.score) for h in opp]
+            yield rec
 
 
 def sample_pairs(src: str | Path, out: str | Path, queries: int = 40, top: int = 20) -> dict:

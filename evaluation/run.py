@@ -408,25 +408,14 @@ def _retrieve(indexes: dict, table: dict[str, Method], specs: dict[str, ProfileS
 
 def _opponents(searcher, queries: list[Query], profile: str | None
                ) -> list[tuple[list[str], list[float]]]:
-    """Per query: the OPPONENTS documents with the lowest scores (most negative: training on
-    them lowers the target's probability most, to first order), lowest first. The scan with
-    the negated query vector is exact, as the proponents' is."""
-    from tda.searcher.profiles import Profile
-    q = searcher.encoder.encode([(x.prompt, x.target) for x in queries])
-    if profile:
-        q = Profile.load(searcher.store, profile).transform(q)
-    res = searcher.dense.search(-q, OPPONENTS * 4, profile)   # chunks fold into fewer docs
-    doc_ids: dict[int, np.ndarray] = {}
+    """Per query: the OPPONENTS documents with the lowest scores (``Searcher.opponents``,
+    chunks folded into their document at its lowest score), lowest first."""
+    from tda.schemas.search import SearchRequest
+    reqs = [SearchRequest(prompt=q.prompt, target=q.target, mode="trackstar", profile=profile)
+            for q in queries]
     out = []
-    for row in range(len(queries)):
-        pairs = []
-        for s, sh, rw in zip(res.scores[row], res.shards[row], res.rows[row]):
-            if sh < 0:
-                continue
-            if sh not in doc_ids:
-                doc_ids[sh] = searcher.store.read_shard(int(sh), ("doc_ids",))["doc_ids"]
-            pairs.append((str(doc_ids[sh][rw]), -float(s)))
-        ids, scores = _fold(pairs)
+    for hits in searcher.opponents(reqs, OPPONENTS * 4):   # chunks fold into fewer docs
+        ids, scores = _fold((h.doc_id, h.score) for h in hits)
         out.append((ids[:OPPONENTS], scores[:OPPONENTS]))
     return out
 

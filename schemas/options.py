@@ -245,6 +245,17 @@ class SearchCommand:
     queries: str | None = doc("JSON Lines of {prompt, target?, k?, mode?, profile?}: many "
                               "queries at once (the options give the defaults).", default=None)
     json: bool = doc("JSON output (one line per query).", default=False)
+    format: Literal["response", "pair"] = doc(
+        "response: the search responses (a table, or JSON with --json); pair: JSON Lines in "
+        "the TrackStar paper's released results format, one record per query and list "
+        "(example_id, inputs_plaintext, targets_plaintext, proponents, proponent_ids, "
+        "proponent_scores, method; opponents for the trackstar list; proponent_correct when "
+        "the query file gives ground-truth proponents).", default="response")
+    opponents: int = doc("With --format pair: opponents (lowest scores) per trackstar list "
+                         "(0: none).", default=10)
+
+    def __post_init__(self) -> None:
+        _positive(self, "opponents", minimum=0)
 
 
 @dataclass(frozen=True)
