@@ -248,9 +248,3 @@ def sample_pairs(src: str | Path, out: str | Path, queries: int = 40, top: int =
         written[file.name] = write_pair_jsonl(out / file.name, recs)
     return written
 
-
-if __name__ == "__main__":      # python -m tda.evaluation.pair_format SRC OUT [QUERIES [TOP]]
-    import sys
-
-    args = sys.argv[1:]
-    print(json.dumps(sample_pairs(args[0], args[1], *map(int, args[2:4])), indent=1))

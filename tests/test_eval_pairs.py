@@ -78,6 +78,23 @@ def test_records_have_the_release_fields_and_reload_to_the_same_metrics(tmp_path
     assert report["recall10_wikipedia"]["mean"] == pytest.approx(2 / 3)
 
 
+def test_sample_pairs_cuts_queries_and_lists(tmp_path):
+    from tda.evaluation.pair_format import sample_pairs
+    src = tmp_path / "pairs"
+    write_pair_jsonl(src / "trackstar.jsonl", pair_records(QUERIES, RANKED, TEXTS, "trackstar",
+                                                           "tiny-trex"))
+    write_pair_jsonl(src / "bm25.jsonl", pair_records(QUERIES, RANKED, TEXTS, "bm25", "t"))
+    assert sample_pairs(src, tmp_path / "small", queries=2, top=3) == {"bm25.jsonl": 2,
+                                                                       "trackstar.jsonl": 2}
+    small = read_pair_jsonl(tmp_path / "small" / "trackstar.jsonl")
+    assert [r.example_id for r in small] == ["trex-q-a", "trex-q-b"]
+    assert small[0].proponent_ids == RANKED[0].ids[:3] and small[0].opponent_ids == ["d-9", "d-8"]
+    assert small[0].proponent_correct == [False, True, True] and len(small[0].proponents) == 3
+    assert pair_metrics(small)["recall@10"] == 0.5      # q-a's hits are in its first 3
+    with pytest.raises(PairFormatError, match="no .jsonl"):
+        sample_pairs(tmp_path / "small" / "none", tmp_path / "x")
+
+
 def test_bad_results_files_name_the_line(tmp_path):
     good = {"example_id": "x", "inputs_plaintext": "p", "targets_plaintext": " t",
             "proponents": ["a"], "proponent_ids": ["1"], "proponent_scores": [0.5]}
