@@ -95,6 +95,16 @@ def test_eval_run_end_to_end(bench, model, tmp_path):
     assert "TrackStar (+ mixed R)" in md and "reference: ground truth" in md
     for png in ("mrr.png", "recall10.png", "tailpatch.png"):
         assert (report_dir / png).stat().st_size > 1000
+    # the model-size comparison, of this report with itself: every paired change is 0
+    tda("eval", "sizes", "--report", str(report_dir), "--report", str(report_dir), "--out",
+        str(tmp_path / "sizes"))
+    sizes = json.loads((tmp_path / "sizes" / "sizes.json").read_text())
+    assert [r["facts_known"] for r in sizes["sizes"]] == [report["facts_known"]] * 2
+    for name in ("bm25", "trackstar"):
+        for metric, change in sizes["largest_minus_smallest"][name].items():
+            assert change["mean"] == 0 and change["n"] > 0, (name, metric)
+    assert (tmp_path / "sizes" / "sizes.png").stat().st_size > 1000
+    assert "TrackStar (+ mixed R)" in (tmp_path / "sizes" / "sizes.md").read_text()
     # a rerun reuses the ablation indexes and profiles
     res = tda("eval", "run", "--index", str(index), "--queries", str(bench / "queries.jsonl"),
               "--out", str(report_dir), "--methods", "trackstar,exact", "--tail-patch", "0",
