@@ -24,8 +24,8 @@ from tda.errors import TdaError, one_line
 from tda.schemas.config import TrackStarConfig
 from tda.schemas.corpus import CorpusOptions
 from tda.schemas.options import (DemoCommand, DemoOptions, EvalRunCommand, EvalRunOptions,
-                                 IndexCommand, IndexOptions, InfoCommand, PlanCommand,
-                                 PlanOptions, PrepareCommand,
+                                 EvalSizesCommand, IndexCommand, IndexOptions, InfoCommand,
+                                 PlanCommand, PlanOptions, PrepareCommand,
                                  PrepareOptions, PreconditionCommand, PreconditionOptions,
                                  SearchCommand, SearchOptions, ServeCommand, ServerLimits,
                                  TrainCommand, TrainOptions, VerifyCommand)
@@ -233,14 +233,32 @@ def search_cmd(prompt, **kw):
         raise click.UsageError("give a PROMPT or --queries FILE (one of them)")
     defaults = {"target": kw["target"], "k": kw["k"], "mode": kw["mode"],
                 "profile": kw["profile"]}
-    requests = _read_requests(cmd.queries, defaults) if cmd.queries else \
-        [_request("request", prompt=prompt, **defaults)]
+    if cmd.queries:
+        from tda.schemas.queries import read_queries
+        queries = read_queries(cmd.queries)
+        requests = [_query_request(q, defaults) for q in queries]
+    else:
+        from tda.schemas.queries import Query
+        queries = [Query("prompt", prompt, defaults["target"])]
+        requests = [_request("request", prompt=prompt, **defaults)]
     with Searcher(cmd.index, pick(SearchOptions, kw),
                   load_model=any(r.mode != "bm25" or r.target is None
                                  for r in requests)) as searcher:
         for w in searcher.dense.warnings:
             _log().warning(w)
         responses = searcher.search_many(requests)
+        if cmd.format == "pair":
+            from tda.evaluation.pair_format import response_records
+            opponents = searcher.opponents(requests, cmd.opponents) if cmd.opponents else None
+            texts: dict[str, str] = {}
+
+            def text_of(example_id: str) -> str:
+                if example_id not in texts:
+                    texts[example_id] = searcher.document(example_id).text
+                return texts[example_id]
+            for rec in response_records(queries, responses, text_of, opponents):
+                click.echo(json.dumps(rec.to_dict(), ensure_ascii=False))
+            return
     if cmd.json:
         for r in responses:
             click.echo(r.model_dump_json())
@@ -262,14 +280,12 @@ def _request(where: str, **fields) -> SearchRequest:
         raise RecordError(f"{where}: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
 
 
-def _read_requests(path: str, defaults: dict) -> list[SearchRequest]:
-    """SearchRequests from a query file; the options give what a line leaves out."""
-    from tda.schemas.queries import read_queries
-    return [_request(f"{q.source}:{q.line}", **{
+def _query_request(q, defaults: dict) -> SearchRequest:
+    """The SearchRequest of one line of a query file; the options give what it leaves out."""
+    return _request(f"{q.source}:{q.line}", **{
         **defaults, "prompt": q.prompt,
         **({"target": q.target} if q.target is not None else {}),
         **{k: q.extra[k] for k in ("k", "mode", "profile") if k in q.extra}})
-        for q in read_queries(path)]
 
 
 @cli.command("verify")
@@ -411,7 +427,8 @@ def eval_train_cmd(**kw):
         return
     acc = info.get("fact_accuracy")
     click.echo(f"trained {info['parameters']:,} parameters on {info['texts']} texts, "
-               f"{info['epochs']} epochs in {info['seconds']:.0f} s; final loss "
+               f"{info['epochs']} epochs in {info['seconds']:.0f} s "
+               f"({info['tokens_per_s']:,.0f} tokens/s); final loss "
                f"{info['final_loss']:.3f}" + (f"; knows {info['facts_known']}/{info['queries']}"
                                               f" facts ({acc:.1%})" if acc is not None else ""))
     click.echo(f"model: {cmd.out}")
@@ -421,13 +438,28 @@ def eval_train_cmd(**kw):
 @options(EvalRunCommand)
 @options(EvalRunOptions)
 def eval_run_cmd(**kw):
-    """Retrieve with every method, score MRR, recall@10 and tail-patch, write REPORT/report.md,
-    report.json and charts. Ablation indexes and profiles are built under REPORT/ once."""
+    """Retrieve with every method; score MRR, recall@10, precision@10 (the paper's
+    definitions), coverage@10 and tail-patch, by fact frequency and sentence class; write
+    REPORT/report.md, report.json, charts and per-method results (.jsonl). Ablation indexes
+    and profiles are built under REPORT/ once."""
     from tda.evaluation.run import run_eval
     cmd = pick(EvalRunCommand, kw)
     _setup(False)
     run_eval(cmd.index, cmd.queries, cmd.out, pick(EvalRunOptions, kw))
     click.echo(Path(cmd.out, "report.md").read_text())
+
+
+@eval_group.command("sizes")
+@options(EvalSizesCommand)
+def eval_sizes_cmd(**kw):
+    """Compare model sizes on one benchmark: fact accuracy, MRR, recall@10 and tail-patch per
+    size, the change from the smallest to the largest (paired over queries) and a chart of
+    TrackStar's and BM25's MRR and tail-patch against parameters."""
+    from tda.evaluation.sizes import compare_sizes
+    cmd = pick(EvalSizesCommand, kw)
+    _setup(False)
+    compare_sizes(list(cmd.reports), cmd.out)
+    click.echo(Path(cmd.out, "sizes.md").read_text())
 
 
 # --------------------------------------------------------------------------- entry point

@@ -35,6 +35,7 @@ searcher, evaluation) raises from here. Kinds (docs/design.md, "Errors")::
       ServerError                 `tda serve` answered an error (SearchClient; has .status)
       EvalError                   evaluation inputs (benchmark files, reports)
         PrepareError              bad input to `tda eval prepare`
+        PairFormatError           a results file not in the TrackStar release's format
 """
 from __future__ import annotations
 
@@ -155,6 +156,10 @@ class EvalError(TdaError):
 
 class PrepareError(EvalError):
     """Bad input to ``tda eval prepare``: the message names the file, relation or option."""
+
+
+class PairFormatError(EvalError):
+    """A results file not in the TrackStar release's .jsonl format (FILE:LINE: problem)."""
 
 
 def one_line(error: BaseException) -> str:

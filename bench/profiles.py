@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 import common  # noqa: E402
 
-from tda.evaluation.metrics import recall_at, reciprocal_rank, summarize  # noqa: E402
+from tda.evaluation.metrics import coverage_at, reciprocal_rank, summarize  # noqa: E402
 
 
 def main() -> None:
@@ -117,11 +117,11 @@ def main() -> None:
                                       and "P19" in relation_of.get(d, set())) / args.k)
                 own.append(sum(1 for d in head if d in own_set) / args.k)
                 mrr.append(reciprocal_rank(top, own_set))
-                rec.append(recall_at(top, own_set, args.k))
+                rec.append(coverage_at(top, own_set, args.k))
             result["profiles"][profile or "none"] = {
                 "other_p19_share_top_k": summarize(other_same),
                 "own_fact_share_top_k": summarize(own), "mrr": summarize(mrr),
-                "recall_at_k": summarize(rec)}
+                "coverage_at_k": summarize(rec)}
     p = result["profiles"]
     result["other_p19_share_mixed_over_none"] = round(
         p["mixed"]["other_p19_share_top_k"]["mean"] / p["none"]["other_p19_share_top_k"]["mean"],

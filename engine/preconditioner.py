@@ -90,9 +90,11 @@ def transform(transforms: list[torch.Tensor], slices: list[slice], x: torch.Tens
 
 
 def fit_blocks(train_phi: torch.Tensor, eval_phi: torch.Tensor | None, slices: list[slice],
-               mode: str, components: int, damping: float) -> tuple[list[torch.Tensor], dict]:
+               mode: str, components: int, damping: float, mixing: float = 0.0
+               ) -> tuple[list[torch.Tensor], dict]:
     """The transform blocks R^-1/2 ([d_b, d_b] float64 per block) and what was chosen
     (lambda, and for 'mixed' the K-th pooled eigenvalues of R_train and R_eval).
+    ``mixing``: for 'mixed', lambda itself instead of the one K chooses (0: choose).
 
     ``train_phi`` [n, d] training vectors, ``eval_phi`` [m, d] query vectors (for 'mixed'),
     both un-normalized phi; ``mode``: 'none' (identity), 'train' (R_train) or 'mixed'."""
@@ -111,9 +113,9 @@ def fit_blocks(train_phi: torch.Tensor, eval_phi: torch.Tensor | None, slices: l
         if eval_phi is None:
             raise ProfileError("mode 'mixed' needs query vectors (R_eval)")
         evals = second_moment_blocks(eval_phi, slices)
-        lam = mixing_lambda(train, evals, components)
+        lam = mixing or mixing_lambda(train, evals, components)
         blocks = [lam * e + (1 - lam) * t for e, t in zip(evals, train)]
-        info = {"lambda": lam,
+        info = {"lambda": lam, "lambda_given": bool(mixing),
                 "mu_K_train": float(pooled_eigenvalues(train)[components - 1]),
                 "mu_K_eval": float(pooled_eigenvalues(evals)[components - 1])}
     return [inverse_sqrt(b, damping) for b in blocks], info

@@ -22,6 +22,8 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     "test": Preset(hidden=32, layers=2, heads=2, kv_heads=1, intermediate=48, positions=256),
+    # ~0.48M parameters with a 4,096-token vocabulary: the smallest of the model-size sweep
+    "mini": Preset(hidden=64, layers=4, heads=2, kv_heads=2, intermediate=172, positions=256),
     "tiny": Preset(hidden=128, layers=4, heads=4, kv_heads=4, intermediate=344, positions=256),
     "small": Preset(hidden=256, layers=6, heads=8, kv_heads=8, intermediate=688, positions=256),
     # ~10M parameters with an 8,192-token vocabulary (the featurize benchmark's model)

@@ -64,6 +64,10 @@ def _build_profile(index: str, name: str, queries, options: PreconditionOptions,
                 "queries": None if query_pairs is None else
                 {"file": str(Path(queries).resolve()), "count": len(query_pairs),
                  "fingerprint": _pairs_fingerprint(query_pairs)}}
+    if options.mixing:
+        if settings["mode"] != "mixed":
+            raise ProfileError(f"mixing (lambda) = {options.mixing} needs mode 'mixed'")
+        settings["mixing"] = options.mixing
     profile = _prepare(store, name, settings, overwrite)
     if not profile.transform_info:
         _fit_and_store(store, profile, settings, query_pairs, options.model_dir)
@@ -129,7 +133,8 @@ def _fit_and_store(store: IndexStore, profile: StoredProfile, settings: dict, qu
     log.info(f"fitting R ({settings['mode']}) from {len(train_phi)} training vectors"
              + (f" and {len(eval_phi)} queries" if eval_phi is not None else ""))
     blocks, info = preconditioner.fit_blocks(train_phi, eval_phi, slices, settings["mode"],
-                                             settings["components"], settings["damping"])
+                                             settings["components"], settings["damping"],
+                                             settings.get("mixing", 0.0))
     profile.write_transform([b.float().numpy() for b in blocks],
                             {**info, "components": settings["components"],
                              "train_vectors": len(train_phi),

@@ -197,6 +197,8 @@ class PreconditionOptions:
     damping: float = doc("Added to each block's eigenvalues before the inverse square root, "
                          "as a fraction of the block's mean eigenvalue.", default=0.01)
     seed: int = doc("Seed of the training sample.", default=0)
+    mixing: float = doc("lambda itself (0 < lambda < 1) instead of choosing it from K; 0: "
+                        "chosen from K (mode 'mixed' only).", default=0.0)
     model_dir: str | None = _model_for_queries()
     scheduler: str | None = _scheduler()
     workers: int = _workers()
@@ -206,6 +208,9 @@ class PreconditionOptions:
         _positive(self, "components", minimum=0)
         if self.damping <= 0:
             raise ConfigError(f"damping must be > 0, got {self.damping}")
+        if not 0 <= self.mixing < 1:
+            raise ConfigError(f"mixing (lambda) must be in (0, 1), or 0 to choose it from K; "
+                              f"got {self.mixing}")
 
 
 @dataclass(frozen=True)
@@ -247,6 +252,17 @@ class SearchCommand:
     queries: str | None = doc("JSON Lines of {prompt, target?, k?, mode?, profile?}: many "
                               "queries at once (the options give the defaults).", default=None)
     json: bool = doc("JSON output (one line per query).", default=False)
+    format: Literal["response", "pair"] = doc(
+        "response: the search responses (a table, or JSON with --json); pair: JSON Lines in "
+        "the TrackStar paper's released results format, one record per query and list "
+        "(example_id, inputs_plaintext, targets_plaintext, proponents, proponent_ids, "
+        "proponent_scores, method; opponents for the trackstar list; proponent_correct when "
+        "the query file gives ground-truth proponents).", default="response")
+    opponents: int = doc("With --format pair: opponents (lowest scores) per trackstar list "
+                         "(0: none).", default=10)
+
+    def __post_init__(self) -> None:
+        _positive(self, "opponents", minimum=0)
 
 
 @dataclass(frozen=True)
@@ -278,7 +294,7 @@ class DemoOptions:
     """`tda demo`: the tiny model, index and searches it runs (cached by these settings)."""
 
     epochs: int = doc("Training epochs of the tiny model (fewer: faster, knows fewer facts).",
-                      default=30)        # 982 texts: ~230 s on 2 CPU cores, knows ~47%
+                      default=30)        # 982 texts: ~150 s on 2 CPU cores, knows 80 of 160
     preset: str = doc("Model size preset (evaluation/models.py).", default="tiny")
     projection_dim: int = doc("Projection size k of the demo index (d = k*k per weight).",
                               default=16)
@@ -367,8 +383,9 @@ class PrepareCommand:
 class TrainOptions:
     """How ``tda eval train`` trains a small causal LM from scratch (AdamW)."""
 
-    preset: Literal["tiny", "small"] = doc("Model size: tiny (4 layers x 128) or small (6 x "
-                                           "256).", default="tiny")
+    preset: Literal["mini", "tiny", "small"] = doc(
+        "Model size: mini (4 layers x 64, ~0.5M parameters with the default vocabulary), tiny "
+        "(4 x 128, ~1.35M) or small (6 x 256, ~5.8M).", default="tiny")
     arch: Literal["gpt2", "llama"] = doc("Architecture: gpt2 (Conv1D, tied head) or llama "
                                          "(nn.Linear, untied head).", default="gpt2")
     epochs: int = doc("Passes over the corpus.", default=20)
@@ -379,9 +396,18 @@ class TrainOptions:
     seed: int = doc("Seed of initialization, shuffling and the tokenizer.", default=0)
     queries: str | None = doc("Queries for the fact accuracy (default: queries.jsonl beside the "
                               "corpus).", default=None)
+    batching: Literal["length", "random"] = doc(
+        "length: texts of similar length batched together (shuffled batches, little padding); "
+        "random: random batches padded to the longest.", default="length")
+    threads: int = doc("Torch threads for training (0: torch's default; 1 is often faster on a "
+                       "busy machine).", default=0)
+    fact_check_every: int = doc("Also count the facts known every this many epochs (a "
+                                "learning curve in training.json; 0: only at the end).",
+                                default=0)
 
     def __post_init__(self) -> None:
         _positive(self, "epochs", "batch_size", "vocab_size")
+        _positive(self, "threads", "fact_check_every", minimum=0)
         _positive(self, "max_len", minimum=2)
         if self.lr <= 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
@@ -410,6 +436,16 @@ class EvalRunOptions:
     workers: int = _workers()
     seed: int = doc("Seed of the tail-patch query sample and of the random reference.",
                     default=0)
+    sweep_components: str = doc(
+        "Comma-separated K values as fractions of d (e.g. 0.005,0.05): a TrackStar row per K, "
+        "its mixed R fitted with that K.", default="")
+    sweep_mixing: str = doc(
+        "Comma-separated factors on lambda's odds lambda / (1 - lambda) (e.g. 0.5,2): a "
+        "TrackStar row per factor, around the lambda that the default K chooses.", default="")
+    pairs: bool = doc("Write REPORT/pairs/METHOD.jsonl: per query, the top 100 in the format "
+                      "of the TrackStar paper's released results.", default=True)
+    query_set: str | None = doc("The results files' query_set (default: the name of the "
+                                "queries' directory).", default=None)
 
     def __post_init__(self) -> None:
         _positive(self, "tail_patch", "tail_patch_queries", minimum=0)
@@ -417,10 +453,31 @@ class EvalRunOptions:
         unknown = [m for m in self.method_list() if m not in EVAL_METHODS]
         if unknown:
             raise ConfigError(f"unknown methods {unknown}; choose from {list(EVAL_METHODS)}")
+        for f in self.component_sweep():
+            if not 0 < f <= 1:
+                raise ConfigError(f"sweep_components are fractions of d in (0, 1], got {f}")
+        for f in self.mixing_sweep():
+            if f <= 0:
+                raise ConfigError(f"sweep_mixing factors must be > 0, got {f}")
 
     def method_list(self) -> list[str]:
         """The methods, in the given order."""
         return [m.strip() for m in self.methods.split(",") if m.strip()]
+
+    def component_sweep(self) -> list[float]:
+        """The K sweep, as fractions of d."""
+        return _floats(self.sweep_components, "sweep_components")
+
+    def mixing_sweep(self) -> list[float]:
+        """The lambda sweep, as factors on lambda's odds."""
+        return _floats(self.sweep_mixing, "sweep_mixing")
+
+
+def _floats(text: str, name: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"{name}: expected comma-separated numbers, got {text!r}") from None
 
 
 @dataclass(frozen=True)
@@ -430,3 +487,12 @@ class EvalRunCommand:
     index: str = doc("The TrackStar index (factored, unit norm) of the benchmark corpus.")
     queries: str = doc("BENCH/queries.jsonl.")
     out: str = doc("Report directory.")
+
+
+@dataclass(frozen=True)
+class EvalSizesCommand:
+    """`tda eval sizes`: which reports (one per model size), where the comparison goes."""
+
+    reports: tuple[str, ...] = doc("A report directory of `tda eval run` (repeat: one per "
+                                   "model size, all on the same queries).", flag="--report")
+    out: str = doc("Directory for sizes.json, sizes.md and sizes.png.")

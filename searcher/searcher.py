@@ -127,6 +127,40 @@ class Searcher:
                                "bm25_and_merge": round((t3 - t2) * 1e3, 2)}
         return out
 
+    def opponents(self, requests: list[SearchRequest], n: int = 10) -> list[list[Hit]]:
+        """Per request, the ``n`` examples with the lowest TrackStar scores (most negative:
+        training on them lowers the target's probability most, to first order), lowest first:
+        the opponents of the paper's released results. The same query vectors, profile and
+        exact scan as ``search_many``'s proponents, with the vector negated; ``ranks`` are
+        1-based positions in the opponent list. Requests in ``bm25`` mode get an empty list."""
+        for r in requests:
+            if r.profile and not self._has_profile(r.profile):
+                raise ProfileMissing(f"{self.index}: no profile {r.profile!r} "
+                                     f"(profiles: {self.profiles() or 'none'})")
+        out: list[list[Hit]] = [[] for _ in requests]
+        rows = [i for i, r in enumerate(requests) if r.mode != "bm25"]
+        if not rows:
+            return out
+        if self.encoder is None:
+            raise QueryError("this Searcher was opened without a model: BM25 only")
+        targets, _ = self._targets([requests[i] for i in rows])
+        q = self.encoder.encode([(requests[i].prompt, t) for i, t in zip(rows, targets)])
+        for profile in dict.fromkeys(requests[i].profile for i in rows):
+            sel = [j for j, i in enumerate(rows) if requests[i].profile == profile]
+            qp = q[sel] if profile is None else self._profile(profile).transform(q[sel])
+            res = self.dense.search(-qp, n, profile)
+            for row, j in enumerate(sel):
+                hits = []
+                for s, sh, rw in zip(res.scores[row], res.shards[row], res.rows[row]):
+                    if sh < 0:
+                        continue
+                    data = self._shard_rows(int(sh))
+                    hits.append(self._hit(str(data["ids"][rw]), str(data["doc_ids"][rw]),
+                                          str(data["text"][rw]), -float(s),
+                                          {"opponents": len(hits) + 1}))
+                out[rows[j]] = hits
+        return out
+
     def document(self, doc_id: str) -> IndexedExample:
         """One indexed example by its example id (DOCID or DOCID#N): text, tokens and loss
         (nats). KeyError when unknown."""

@@ -40,7 +40,7 @@ COMMANDS = list(_commands(cli_module.cli))
 def test_every_command_is_walked():
     assert {name for name, _ in COMMANDS} == {
         "index", "plan", "info", "search", "verify", "precondition", "serve", "demo",
-        "eval prepare", "eval train", "eval run"}
+        "eval prepare", "eval train", "eval run", "eval sizes"}
 
 
 @pytest.mark.parametrize("name,command", COMMANDS, ids=[n for n, _ in COMMANDS])

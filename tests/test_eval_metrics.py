@@ -1,9 +1,11 @@
-"""Fact-tracing metrics: reciprocal rank, recall@k, chunk -> document rankings, bootstrap CI."""
+"""Fact-tracing metrics: the paper's recall@k (hit), precision@k and MRR, tda's coverage@k,
+chunk -> document rankings, bootstrap CI."""
 import numpy as np
 import pytest
 
-from tda.evaluation.metrics import (bootstrap_ci, recall_at, reciprocal_rank, summarize,
-                                    to_documents)
+from tda.evaluation.metrics import (bootstrap_ci, correct_flags, coverage_at,
+                                    ground_truth_metrics, precision_at, recall_at,
+                                    reciprocal_rank, summarize, to_documents)
 
 RANKING = ["d7", "d3", "d9", "d1", "d4", "d2", "d8", "d5", "d6", "d0", "d11", "d10"]
 
@@ -42,21 +44,59 @@ def test_reciprocal_rank_cutoff():
     ({"d7", "d3", "d9"}, 2, 2 / 3),           # more proponents than k: at most k / |relevant|
     ({"d7"}, 1, 1.0),
 ])
-def test_recall_at(relevant, k, expected):
-    assert recall_at(RANKING, relevant, k=k) == pytest.approx(expected)
+def test_coverage_at(relevant, k, expected):
+    assert coverage_at(RANKING, relevant, k=k) == pytest.approx(expected)
 
 
-def test_recall_counts_a_repeated_id_once():
-    assert recall_at(["a", "a", "b"], {"a", "c"}, k=3) == 0.5
+def test_coverage_counts_a_repeated_id_once():
+    assert coverage_at(["a", "a", "b"], {"a", "c"}, k=3) == 0.5
+
+
+# A hand-made ranking with every metric worked out by hand: correct at ranks 3, 4 and 11.
+HAND = ["x1", "x2", "p1", "p2", "x3", "x4", "x5", "x6", "x7", "x8", "p3", "x9"]
+HAND_TRUTH = {"p1", "p2", "p3", "p4"}          # p4 is never retrieved
+
+
+def test_paper_metrics_on_a_hand_made_ranking():
+    assert correct_flags(HAND, HAND_TRUTH) == [False, False, True, True] + [False] * 6 + \
+        [True, False]
+    assert recall_at(HAND, HAND_TRUTH, 10) == 1.0          # a hit: p1 is in the top 10
+    assert recall_at(HAND, HAND_TRUTH, 2) == 0.0           # none in the top 2
+    assert precision_at(HAND, HAND_TRUTH, 10) == pytest.approx(2 / 10)   # p1, p2
+    assert precision_at(HAND, HAND_TRUTH, 4) == pytest.approx(2 / 4)
+    assert reciprocal_rank(HAND, HAND_TRUTH) == pytest.approx(1 / 3)    # p1 at rank 3
+    assert coverage_at(HAND, HAND_TRUTH, 10) == pytest.approx(2 / 4)    # p1, p2 of four
+    assert coverage_at(HAND, HAND_TRUTH, 12) == pytest.approx(3 / 4)
+    # the viewer's getGroundTruthMetrics on the same flags gives the same three numbers
+    assert ground_truth_metrics(correct_flags(HAND, HAND_TRUTH)) == {
+        "recall@10": 1.0, "precision@10": pytest.approx(0.2), "mrr_first": pytest.approx(1 / 3)}
+    # a miss everywhere, and a list shorter than k (the viewer's precision is then 0)
+    assert ground_truth_metrics([False] * 12) == {"recall@10": 0.0, "precision@10": 0.0,
+                                                  "mrr_first": 0.0}
+    assert ground_truth_metrics([True, False, True]) == {
+        "recall@10": 1.0, "precision@10": 0.0, "mrr_first": 1.0}
+    assert precision_at(["p1", "x"], {"p1"}, 10) == 0.0
+    # hit rate vs coverage: two queries, one found once in the top 10, one missed
+    queries = [(HAND, HAND_TRUTH), (HAND, {"x99"})]
+    assert np.mean([recall_at(r, t) for r, t in queries]) == 0.5
+    assert np.mean([coverage_at(r, t) for r, t in queries]) == pytest.approx(0.25)
 
 
 def test_empty_ground_truth_and_bad_arguments_raise():
     with pytest.raises(ValueError, match="proponents"):
         recall_at(RANKING, set())
     with pytest.raises(ValueError, match="proponents"):
+        coverage_at(RANKING, set())
+    with pytest.raises(ValueError, match="proponents"):
+        precision_at(RANKING, set())
+    with pytest.raises(ValueError, match="proponents"):
         reciprocal_rank(RANKING, set())
     with pytest.raises(ValueError):
         recall_at(RANKING, {"d7"}, k=0)
+    with pytest.raises(ValueError):
+        coverage_at(RANKING, {"d7"}, k=0)
+    with pytest.raises(ValueError):
+        ground_truth_metrics([True], k=0)
     with pytest.raises(ValueError):
         reciprocal_rank(RANKING, {"d7"}, cutoff=0)
 
@@ -74,7 +114,7 @@ def test_to_documents_keeps_each_documents_first_chunk():
     # ranks move up once duplicates are gone: D is 4th, not 7th
     docs = to_documents(ranked, doc_of)
     assert reciprocal_rank(docs, {"D"}) == pytest.approx(1 / 4)
-    assert recall_at(docs, {"C", "D"}, k=3) == 0.5
+    assert coverage_at(docs, {"C", "D"}, k=3) == 0.5
     # a document id that contains '#' is never split
     assert to_documents(["x#y#0", "x#y#1"], {"x#y#0": "x#y", "x#y#1": "x#y"}) == ["x#y"]
 

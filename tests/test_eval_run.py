@@ -5,6 +5,7 @@ import pytest
 
 from tda.tests import helpers
 from tda.tests.indexing import tda
+from tda.evaluation.pair_format import pair_metrics, read_pair_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -45,16 +46,40 @@ def test_eval_run_end_to_end(bench, model, tmp_path):
     report_dir = tmp_path / "report"
     tda("eval", "run", "--index", str(index), "--queries", str(bench / "queries.jsonl"),
         "--out", str(report_dir), "--tail-patch", "3", "--tail-patch-queries", "6",
-        "--workers", "1")
+        "--workers", "1", "--sweep-components", "0.25", "--sweep-mixing", "0.5")
     report = json.loads((report_dir / "report.json").read_text())
-    assert set(report["methods"]) == {"bm25", "graddot", "gradcos", "optcos", "rtrain",
-                                      "trackstar", "exact", "fused"}
+    sweeps = {n for n in report["methods"] if n.startswith("sweep-")}
+    assert len(sweeps) == 2 and any(n.startswith("sweep-k") for n in sweeps)
+    assert set(report["methods"]) - sweeps == {"bm25", "graddot", "gradcos", "optcos",
+                                               "rtrain", "trackstar", "exact", "fused"}
+    lam = report["profiles"]["mixed (main)"]["lambda"]
+    swept = [v for k, v in report["profiles"].items() if k.startswith("mixed-lam")][0]
+    odds = lambda x: x / (1 - x)  # noqa: E731
+    assert odds(swept["lambda"]) == pytest.approx(0.5 * odds(lam), rel=1e-4)
+    assert 0 <= report["facts_known"] <= 24
     for name, m in report["methods"].items():
-        for metric in ("mrr_all", "recall10_all", "mrr_wikipedia", "recall10_wikipedia"):
+        for metric in ("mrr_all", "recall10_all", "precision10_all", "coverage10_all",
+                       "mrr_wikipedia", "recall10_wikipedia"):
             s = m[metric]
             assert s["n"] == 24 and s["ci_low"] <= s["mean"] <= s["ci_high"], (name, metric)
             assert 0 <= s["mean"] <= 1
+        # a hit in the top 10 whenever a proponent is covered, so recall >= coverage
+        assert m["recall10_all"]["mean"] >= m["coverage10_all"]["mean"]
         assert m["tail_patch_at_1_dlogp"]["n"] == 6
+        # the results file, reloaded, gives back the report's MRR and recall@10
+        records = read_pair_jsonl(report_dir / "pairs" / f"{name}.jsonl")
+        assert len(records) == 24 and all(len(r.proponents) <= 100 for r in records)
+        got = pair_metrics(records)
+        assert got["mrr_first"] == pytest.approx(m["mrr_all"]["mean"], abs=1e-12), name
+        assert got["recall@10"] == pytest.approx(m["recall10_all"]["mean"], abs=1e-12), name
+        assert got["precision@10"] == pytest.approx(m["precision10_all"]["mean"], abs=1e-12)
+        gradient = name not in ("bm25", "fused")
+        assert all((r.opponents is not None) == gradient for r in records), name
+        if gradient:      # opponents: the lowest scores, below every proponent's
+            assert all(max(r.opponent_scores) <= min(r.proponent_scores) for r in records)
+        assert set(report["sentence_classes"][name]["all_queries"]) == {
+            "own", "same_relation", "other"}
+        assert sum(c["queries"]["n"] for c in report["frequency_buckets"][name].values()) == 24
     assert set(report["references"]) == {"ground_truth", "random"}
     paired = report["paired_tail_patch"]
     assert set(paired) == set(report["methods"]) - {"trackstar"} | {"ground_truth", "random"}
@@ -70,6 +95,16 @@ def test_eval_run_end_to_end(bench, model, tmp_path):
     assert "TrackStar (+ mixed R)" in md and "reference: ground truth" in md
     for png in ("mrr.png", "recall10.png", "tailpatch.png"):
         assert (report_dir / png).stat().st_size > 1000
+    # the model-size comparison, of this report with itself: every paired change is 0
+    tda("eval", "sizes", "--report", str(report_dir), "--report", str(report_dir), "--out",
+        str(tmp_path / "sizes"))
+    sizes = json.loads((tmp_path / "sizes" / "sizes.json").read_text())
+    assert [r["facts_known"] for r in sizes["sizes"]] == [report["facts_known"]] * 2
+    for name in ("bm25", "trackstar"):
+        for metric, change in sizes["largest_minus_smallest"][name].items():
+            assert change["mean"] == 0 and change["n"] > 0, (name, metric)
+    assert (tmp_path / "sizes" / "sizes.png").stat().st_size > 1000
+    assert "TrackStar (+ mixed R)" in (tmp_path / "sizes" / "sizes.md").read_text()
     # a rerun reuses the ablation indexes and profiles
     res = tda("eval", "run", "--index", str(index), "--queries", str(bench / "queries.jsonl"),
               "--out", str(report_dir), "--methods", "trackstar,exact", "--tail-patch", "0",

@@ -189,6 +189,69 @@ def test_cli_search(index, tmp_path):
     assert missing.returncode == 1 and "no such index" in missing.stderr
 
 
+def test_opponents_are_the_lowest_scores(searcher, index):
+    from tda.schemas.search import SearchRequest
+    q = searcher.encoder.encode(QUERIES)
+    data = read_index(index)
+    scores = q @ data["vectors"].T
+    reqs = [SearchRequest(prompt=p, target=t, mode="trackstar") for p, t in QUERIES]
+    for i, hits in enumerate(searcher.opponents(reqs, 7)):
+        low = np.argsort(scores[i], kind="stable")[:7]
+        assert [h.id for h in hits] == [data["ids"][j] for j in low]
+        np.testing.assert_allclose([h.score for h in hits], scores[i][low], atol=SCORE_ATOL)
+    assert searcher.opponents([SearchRequest(prompt="a", target=" b", mode="bm25")]) == [[]]
+
+
+def test_cli_search_pair_format(searcher, index, tmp_path):
+    """`tda search --queries FILE --format pair`: the release's fields (and tda's), the same
+    lists as the Searcher's, full texts, ground-truth flags, opponents; read back by the
+    reader."""
+    from tda.errors import PairFormatError
+    from tda.schemas.search import SearchRequest
+    from tda.evaluation.pair_format import (RELEASE_FIELDS, REQUIRED_FIELDS, TDA_FIELDS,
+                                            pair_metrics, read_pair_jsonl)
+    queries = tmp_path / "q.jsonl"
+    queries.write_text(
+        json.dumps({"id": "peiper", "prompt": QUERIES[0][0], "target": QUERIES[0][1],
+                    "proponents": ["s0"], "relation": "P19"}) + "\n"
+        + json.dumps({"prompt": QUERIES[1][0], "target": QUERIES[1][1], "mode": "trackstar"})
+        + "\n")
+    args = ("search", "--queries", str(queries), "--index", str(index), "-k", "4",
+            "--workers", "1")
+    out = tda(*args, "--format", "pair", "--opponents", "3")
+    reqs = [SearchRequest(prompt=QUERIES[0][0], target=QUERIES[0][1], k=4),
+            SearchRequest(prompt=QUERIES[1][0], target=QUERIES[1][1], k=4, mode="trackstar")]
+    responses = [r.model_dump() for r in searcher.search_many(reqs)]
+    lines = [json.loads(x) for x in out.stdout.splitlines()]
+    assert [(x["example_id"], x["method"]) for x in lines] == [
+        ("peiper", "trackstar"), ("peiper", "bm25"), ("peiper", "fused"),
+        (f"{queries}:2", "trackstar")]
+    for x in lines:
+        assert set(REQUIRED_FIELDS) <= set(x) <= set(RELEASE_FIELDS) | set(TDA_FIELDS)
+        resp = responses[0 if x["example_id"] == "peiper" else 1]
+        assert x["inputs_plaintext"] == resp["prompt"] and x["targets_plaintext"] == resp["target"]
+        hits = resp[x["method"]]
+        assert x["proponent_ids"] == [h["id"] for h in hits]
+        assert x["proponent_scores"] == pytest.approx([h["score"] for h in hits])
+        assert x["proponents"] == [searcher.document(h["id"]).text for h in hits]
+        assert ("opponents" in x) == (x["method"] == "trackstar")
+    first = lines[0]
+    assert first["relation"] == "P19" and first["ground_truth_ids"] == ["s0"]
+    assert first["proponent_correct"] == [i == "s0" for i in first["proponent_ids"]]
+    assert len(first["opponents"]) == 3 and max(first["opponent_scores"]) < min(
+        first["proponent_scores"])
+    assert first["opponent_scores"] == sorted(first["opponent_scores"])
+    assert "proponent_correct" not in lines[3]       # no ground truth given
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(out.stdout)
+    records = read_pair_jsonl(path)
+    assert [r.proponent_ids for r in records] == [x["proponent_ids"] for x in lines]
+    bm25 = pair_metrics([records[1]])                # s0 states the fact: BM25's first hit
+    assert bm25["mrr_first"] == 1.0 and bm25["recall@10"] == 1.0
+    with pytest.raises(PairFormatError, match="cannot be scored"):
+        pair_metrics(records)
+
+
 @pytest.fixture(scope="module")
 def server(index):
     port = free_port()
