@@ -27,6 +27,13 @@ def checksum(arrays: dict[str, np.ndarray | list]) -> str:
     return h.hexdigest()
 
 
+def array_checksums(arrays: dict[str, np.ndarray | list]) -> dict[str, str]:
+    """Per-array checksums ({name: checksum({name: values})}), stored in a shard's marker
+    beside the shard's: what a reader that loads only some arrays (the searcher: vectors)
+    checks as it reads them."""
+    return {name: checksum({name: values}) for name, values in arrays.items()}
+
+
 def to_storage(vectors: np.ndarray, storage_dtype: str) -> np.ndarray:
     """float32 [n, d] -> stored array: float16, or bfloat16 bits as uint16."""
     if storage_dtype == "float16":
