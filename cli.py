@@ -23,9 +23,9 @@ from tda import __version__
 from tda.errors import TdaError, one_line
 from tda.schemas.config import TrackStarConfig
 from tda.schemas.corpus import CorpusOptions
-from tda.schemas.options import (DemoCommand, DemoOptions, EvalRunCommand, EvalRunOptions,
-                                 EvalSizesCommand, IndexCommand, IndexOptions, InfoCommand,
-                                 PlanCommand, PlanOptions, PrepareCommand,
+from tda.schemas.options import (AnnOptions, DemoCommand, DemoOptions, EvalRunCommand,
+                                 EvalRunOptions, EvalSizesCommand, IndexCommand, IndexOptions,
+                                 InfoCommand, PlanCommand, PlanOptions, PrepareCommand,
                                  PrepareOptions, PreconditionCommand, PreconditionOptions,
                                  SearchCommand, SearchOptions, ServeCommand, ServerLimits,
                                  TrainCommand, TrainOptions, VerifyCommand)
@@ -221,6 +221,7 @@ def info_cmd(index, **kw):
 @options(SearchCommand)
 @options(SearchRequest, exclude=("prompt",), flags={"k": "-k"})
 @options(SearchOptions)
+@options(AnnOptions)
 def search_cmd(prompt, **kw):
     """Which training examples made the model say TARGET after PROMPT?
 
@@ -241,7 +242,7 @@ def search_cmd(prompt, **kw):
         from tda.schemas.queries import Query
         queries = [Query("prompt", prompt, defaults["target"])]
         requests = [_request("request", prompt=prompt, **defaults)]
-    with Searcher(cmd.index, pick(SearchOptions, kw),
+    with Searcher(cmd.index, _search_options(kw),
                   load_model=any(r.mode != "bm25" or r.target is None
                                  for r in requests)) as searcher:
         for w in searcher.dense.warnings:
@@ -266,6 +267,11 @@ def search_cmd(prompt, **kw):
     from tda.searcher.render import render
     for r in responses:
         render(r)
+
+
+def _search_options(kw: dict) -> SearchOptions:
+    """SearchOptions from the command's options, the ANN settings included."""
+    return dataclasses.replace(pick(SearchOptions, kw), ann=pick(AnnOptions, kw))
 
 
 def _request(where: str, **fields) -> SearchRequest:
@@ -341,9 +347,10 @@ def precondition_cmd(index, **kw):
 @options(ServeCommand)
 @options(ServerLimits)
 @options(SearchOptions)
+@options(AnnOptions)
 def serve_cmd(index, **kw):
-    """Serve INDEX over HTTP: POST /search, GET /documents/{id}, /info, /health, OpenAPI at
-    /openapi.json."""
+    """Serve INDEX over HTTP: POST /search, POST /search/batch, GET /documents/{id}, /info,
+    /health, OpenAPI at /openapi.json."""
     from tda.searcher.searcher import Searcher
     from tda.searcher.server import serve
     cmd = pick(ServeCommand, kw)
@@ -351,7 +358,7 @@ def serve_cmd(index, **kw):
     if cmd.host not in ("127.0.0.1", "localhost", "::1") and not cmd.token:
         _log().warning(f"serving on {cmd.host} without --token: anyone who can reach this "
                        f"port can query the index")
-    searcher = Searcher(index, pick(SearchOptions, kw))
+    searcher = Searcher(index, _search_options(kw))
     for w in searcher.dense.warnings:
         _log().warning(w)
     _log().info(f"serving {index} on http://{cmd.host}:{cmd.port} (docs at /docs)")

@@ -3,8 +3,12 @@
 ``DaskCluster(scheduler, workers)`` connects to an existing scheduler (``tcp://HOST:PORT``, for
 many machines: their workers need tda installed and the index path readable), or starts a
 LocalCluster of ``workers`` processes on this machine (one thread each, dashboard on loopback
-only, dask's own logging quieted). It is a context manager and ``close()`` is idempotent: the
-cluster goes away even when a task raises.
+only, dask's own logging quieted). A local worker that dies is restarted by its nanny (with a
+new address); the workers die with the process that started them, even when it is killed.
+Worker processes are spawned, which re-imports the caller's ``__main__``: a script that
+starts one needs an ``if __name__ == "__main__"`` guard (searching in process, the default
+for an index one process holds, starts none). It is a context manager and ``close()`` is
+idempotent: the cluster goes away even when a task raises.
 """
 from __future__ import annotations
 
@@ -32,13 +36,18 @@ class DaskCluster:
                                         silence_logs=logging.ERROR)
             try:
                 self.client = Client(self.cluster)
+                self.client.wait_for_workers(workers, timeout=300)
             except BaseException:
                 self.cluster.close()
                 raise
-        self.workers = sorted(self.client.scheduler_info()["workers"])
         if not self.workers:
             self.close()
             raise ConfigError(f"the dask cluster at {scheduler} has no workers")
+
+    @property
+    def workers(self) -> list[str]:
+        """Addresses of the workers alive now, sorted."""
+        return sorted(self.client.scheduler_info()["workers"])
 
     def close(self) -> None:
         """Close the client, and the LocalCluster when this object started it."""

@@ -31,6 +31,7 @@ searcher, evaluation) raises from here. Kinds (docs/design.md, "Errors")::
           SettingsMismatch        building into an index made with other settings
       ProfileError                a correction profile that cannot be built or used
       BuildError                  an index build that cannot go on
+      SearchFailed                a dense search the workers did not answer (names the group)
       ServerLimitExceeded         a request over `tda serve`'s limits
       ServerError                 `tda serve` answered an error (SearchClient; has .status)
       EvalError                   evaluation inputs (benchmark files, reports)
@@ -131,6 +132,11 @@ class ProfileMissing(ProfileError, QueryError):
 
 class BuildError(TdaError):
     """An index build that cannot go on; the message says why and what to do."""
+
+
+class SearchFailed(TdaError):
+    """A dense search that could not be answered: a group failed on its worker, or gave no
+    answer within the timeout, or no worker is left (the message names the groups)."""
 
 
 class ServerLimitExceeded(TdaError):

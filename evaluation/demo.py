@@ -61,10 +61,9 @@ def run_demo(work: Path, settings: DemoOptions = DemoOptions(), console=None,
     model, tok = load_model(model_dir)
     known = knows(model, tok, queries)
     picks = _pick(queries, known, settings.examples)
-    from tda.schemas.options import SearchOptions
     from tda.searcher.searcher import Searcher
     shown = []
-    with Searcher(index_dir, SearchOptions(workers=1)) as searcher:
+    with Searcher(index_dir) as searcher:
         for q in picks:
             resp = searcher.search(q.prompt, q.target, k=settings.k, mode="both",
                                    profile="demo")

@@ -48,6 +48,7 @@ from tda.schemas.options import IndexOptions
 from tda.store import bm25, location
 from tda.store.faults import crash_point
 from tda.store.index import IndexStore, ShardRows
+from tda.store.rowtable import write_row_table
 from tda.store.lock import IndexLock
 
 log = logger(__name__)
@@ -188,7 +189,7 @@ def _build(ranks, source, corpus, out, config, options, corpus_options, overwrit
                             options=corpus_options, documents=scan.documents,
                             examples=scan.examples),
         layout=Layout(shard_size=options.shard_size, storage_dtype=options.storage_dtype,
-                      shard_unit="examples"),
+                      shard_unit="examples", vector_codec="raw"),
         build=BuildRecord(index=options, ranks=ranks.world),
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         tool_version=__version__)
@@ -222,6 +223,7 @@ def _build(ranks, source, corpus, out, config, options, corpus_options, overwrit
             raise BuildError(f"{out}: shards {missing[:10]} are still incomplete; rerun the "
                              f"same command to finish them")
         summary.examples = sum(store.complete_shards().values())
+        write_row_table(store)               # id -> (shard, row), for reads by id
         if options.bm25:
             summary.bm25_documents = _build_bm25(store)
     summary.tokens = sum(t[2] for t in totals)

@@ -146,6 +146,11 @@ class Layout:
     shard_size: int              # examples (schema 1: documents) per shard
     storage_dtype: str           # float16, float32, or bfloat16 stored as uint16 bits
     shard_unit: Literal["examples", "documents"] = "documents"
+    # how vector chunks are encoded: "raw" (uncompressed, new builds: a row is one small
+    # read, a load reads each byte once) or "blosc-zstd" (tda 0.1.0 indexes, the default when
+    # absent). Readers follow each array's own Zarr metadata; writers follow this field, so
+    # a resumed build keeps its index's encoding.
+    vector_codec: str = "blosc-zstd"
 
     def shard_count(self, units: int) -> int:
         """Shards of a corpus of ``units`` examples (or documents, by ``shard_unit``)."""
@@ -190,6 +195,8 @@ class Manifest:
         if self.schema_version == 1:        # written as read: schema 1 had neither field
             data["corpus"].pop("examples", None)
             data["layout"].pop("shard_unit", None)
+        if data["layout"]["vector_codec"] == Layout.vector_codec:
+            del data["layout"]["vector_codec"]     # an index before it is written back as read
         return data
 
     @classmethod
@@ -236,7 +243,8 @@ class Manifest:
                 "second_moments": None if moments is None else to_data(moments),
                 "projection_digest": self.engine.projection_digest,
                 "corpus": [(f.name, f.fingerprint) for f in self.corpus.files],
-                "reader": to_data(self.corpus.options), "layout": to_data(self.layout)}
+                "reader": to_data(self.corpus.options),
+                "layout": {k: v for k, v in to_data(self.layout).items() if k != "vector_codec"}}
 
     def differences(self, other: "Manifest") -> list[str]:
         """Human-readable settings that differ between two manifests."""

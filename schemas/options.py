@@ -226,22 +226,70 @@ class PreconditionCommand:
 
 # --------------------------------------------------------------------------- tda search / serve
 @dataclass(frozen=True)
+class AnnOptions:
+    """How the compressed ANN index (``--faiss-index ann``: IVF-PQ codes in memory, candidates
+    re-scored exactly from the stored vectors) is built and searched (searcher/ann.py)."""
+
+    candidates: int = doc("Candidates per query re-scored exactly from the stored vectors (at "
+                          "least k).", default=1000, flag="--ann-candidates")
+    scan: int = doc("PQ codes scanned per query (FAISS max_codes), nearest lists first.",
+                    default=65536, flag="--ann-scan")
+    lists: int = doc("Inverted lists; 0: a power of two near sqrt(n) / 2.", default=0,
+                     flag="--ann-lists")
+    pq_bytes: int = doc("PQ code bytes per vector (must divide d); 0: d / 8.", default=0,
+                        flag="--ann-pq-bytes")
+    pq_bits: int = doc("Bits per PQ code; 0: 8 (fewer for groups under 1024 rows).",
+                       default=0, flag="--ann-pq-bits")
+    train_sample: int = doc("Rows sampled (uniformly, seeded) to train; 0: max(65536, "
+                            "64 x lists).", default=0, flag="--ann-train-sample")
+    coarse_dim: int = doc("Dimensions (top principal directions of the sample) the list "
+                          "centroids are found and compared in.", default=256,
+                          flag="--ann-coarse-dim")
+    seed: int = doc("Seed of the training sample and k-means.", default=0, flag="--ann-seed")
+
+    def __post_init__(self) -> None:
+        _positive(self, "candidates", "scan", "coarse_dim")
+        _positive(self, "lists", "pq_bytes", "train_sample", minimum=0)
+        if not 0 <= self.pq_bits <= 16:
+            raise ConfigError(f"pq_bits must be in [0, 16], got {self.pq_bits}")
+
+
+FAISS_KINDS = ("auto", "exact", "stream", "ann", "hnsw", "ivfpq")
+
+
+@dataclass(frozen=True)
 class SearchOptions:
     """How an index is searched (`tda search`, `tda serve`, ``tda.Searcher``)."""
 
     model_dir: str | None = _model_for_queries()
     scheduler: str | None = _scheduler()
-    workers: int = _workers()
-    faiss_index: str = doc("exact | hnsw | ivfpq | any FAISS factory string.", default="exact")
-    memory_budget_gb: float = doc("Per shard group: larger groups are streamed from Zarr per "
-                                  "query.", default=4.0)
+    workers: int | None = doc("Start a local dask cluster of this many worker processes "
+                              "(default: search in this process on threads, unless the index "
+                              "is over one process's memory budget; ignored with --scheduler).",
+                              default=None)
+    faiss_index: str = doc("auto (exact in memory when the vectors fit the budget, else ann, "
+                           "with a warning) | exact | stream (exact, reads the shards per "
+                           "query) | ann (compressed IVF-PQ, candidates re-scored exactly) | "
+                           "hnsw | ivfpq | any FAISS factory string.", default="auto")
+    memory_budget_gb: float = doc("Stored vector bytes (GiB) one process (this one, or each "
+                                  "worker) may hold in memory.", default=4.0)
     allow_partial: bool = doc("Leave out shards that fail their checksum (with a warning) "
                               "instead of refusing to search.", default=False)
+    timeout_s: float = doc("Seconds a query waits for the dask workers' answers before "
+                           "failing, naming the groups that did not answer.", default=120.0)
+    ann: AnnOptions = doc("The compressed index's settings (--faiss-index ann).",
+                          default_factory=AnnOptions, cli=False)
 
     def __post_init__(self) -> None:
-        _positive(self, "workers")
+        if self.workers is not None:
+            _positive(self, "workers")
         if self.memory_budget_gb <= 0:
             raise ConfigError(f"memory_budget_gb must be > 0, got {self.memory_budget_gb}")
+        if self.timeout_s <= 0:
+            raise ConfigError(f"timeout_s must be > 0, got {self.timeout_s}")
+        if not self.faiss_index.strip():
+            raise ConfigError(f"faiss_index must be one of {FAISS_KINDS} or a FAISS factory "
+                              f"string")
 
 
 @dataclass(frozen=True)
@@ -272,9 +320,10 @@ class ServerLimits:
     max_k: int = doc("Largest k a request may ask for.", default=100)
     max_query_chars: int = doc("Longest prompt + target, in characters.", default=2000)
     max_body_bytes: int = doc("Largest request body, in bytes.", default=16384)
+    max_batch: int = doc("Most queries in one POST /search/batch.", default=256)
 
     def __post_init__(self) -> None:
-        _positive(self, "max_k", "max_query_chars", "max_body_bytes")
+        _positive(self, "max_k", "max_query_chars", "max_body_bytes", "max_batch")
 
 
 @dataclass(frozen=True)

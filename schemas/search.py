@@ -20,8 +20,10 @@ class SearchRequest(BaseModel):
     target: str | None = Field(None, description="The continuation to attribute; omitted: the "
                                                  "model's own greedy continuation.")
     k: int = Field(10, ge=1, description="Results per list.")
-    mode: Mode = Field("both", description="trackstar | bm25 | both (both lists and the fused "
-                                           "one) | fused (fused list only).")
+    mode: Mode | None = Field(None, description="trackstar | bm25 | both (both lists and the "
+                                                "fused one) | fused (fused list only); "
+                                                "default: both when the index has BM25, else "
+                                                "trackstar.")
     profile: str | None = Field(None, description="Correction profile (tda precondition); "
                                                   "none: unit-normalized vectors as indexed.")
 
@@ -56,6 +58,19 @@ class SearchResponse(BaseModel):
     timings_ms: dict[str, float] = Field(default_factory=dict)
     warnings: list[str] = Field(default_factory=list, description="E.g. shards left out as "
                                                                    "corrupt (--allow-partial).")
+
+
+class BatchRequest(BaseModel):
+    """Several queries answered in one pass over the vectors (``POST /search/batch``)."""
+
+    requests: list[SearchRequest] = Field(..., min_length=1,
+                                          description="The queries, answered in this order.")
+
+
+class BatchResponse(BaseModel):
+    """One SearchResponse per request of a BatchRequest, in order."""
+
+    responses: list[SearchResponse]
 
 
 class IndexedExample(BaseModel):

@@ -1,10 +1,12 @@
 """`tda.SearchClient`: the HTTP API from Python, returning the same types as tda.Searcher."""
 from __future__ import annotations
 
+from urllib.parse import quote
+
 import httpx
 
 from tda.errors import ServerError
-from tda.schemas.search import IndexedExample, SearchRequest, SearchResponse
+from tda.schemas.search import BatchRequest, IndexedExample, SearchRequest, SearchResponse
 
 
 class SearchClient:
@@ -26,20 +28,30 @@ class SearchClient:
             raise ServerError(resp.status_code, str(detail))
         return resp.json()
 
-    def search(self, prompt: str, target: str | None = None, k: int = 10, mode: str = "both",
-               profile: str | None = None) -> SearchResponse:
+    def search(self, prompt: str, target: str | None = None, k: int = 10,
+               mode: str | None = None, profile: str | None = None) -> SearchResponse:
         """As ``tda.Searcher.search`` (same arguments, same SearchResponse), over HTTP: which
         training examples made the model say ``target`` after ``prompt``? ``target`` None:
         the model's greedy continuation; ``k`` results per list; ``mode`` trackstar | bm25 |
-        both | fused; ``profile`` a correction profile or None. ServerError (HTTP 400) for a
-        request the index cannot answer or over the server's limits."""
+        both | fused (default: both when the index has BM25, else trackstar); ``profile`` a
+        correction profile or None. ServerError (HTTP 400) for a request the index cannot
+        answer or over the server's limits."""
         req = SearchRequest(prompt=prompt, target=target, k=k, mode=mode, profile=profile)
         return SearchResponse.model_validate(self._call("POST", "/search",
                                                         json=req.model_dump()))
 
+    def search_many(self, requests: list[SearchRequest]) -> list[SearchResponse]:
+        """As ``tda.Searcher.search_many``: several queries in one request (POST
+        /search/batch), answered in one pass; responses in request order."""
+        body = BatchRequest(requests=requests).model_dump()
+        return [SearchResponse.model_validate(r)
+                for r in self._call("POST", "/search/batch", json=body)["responses"]]
+
     def document(self, doc_id: str) -> IndexedExample:
         """One indexed example by id (ServerError 404 when unknown)."""
-        return IndexedExample.model_validate(self._call("GET", f"/documents/{doc_id}"))
+        # ids of chunks are DOCID#N: quoted, or '#' would start a URL fragment
+        return IndexedExample.model_validate(
+            self._call("GET", f"/documents/{quote(doc_id, safe='')}"))
 
     def info(self) -> dict:
         """What the served index holds (``tda info --json``)."""

@@ -12,6 +12,7 @@ from tda.errors import CorruptShard, IndexIncomplete, ProfileMissing, QueryError
 from tda.schemas.options import SearchOptions
 from tda.schemas.search import Hit, IndexedExample, SearchRequest, SearchResponse
 from tda.searcher.fusion import rrf
+from tda.searcher.rows import RowReader
 from tda.store.bm25 import BM25
 from tda.store.index import IndexStore
 from tda.store.lock import ensure_not_busy
@@ -22,17 +23,22 @@ FUSION_DEPTH = 50
 
 
 class Searcher:
-    """Attribution search over one index: TrackStar (FAISS over Zarr shards, fanned out with
-    dask), BM25 (Lucene) and their reciprocal-rank fusion.
+    """Attribution search over one index: TrackStar (FAISS over Zarr shards, in this process
+    or fanned out with dask), BM25 (Lucene) and their reciprocal-rank fusion.
 
     ``options`` (``SearchOptions``, or its fields as keyword arguments): the model for query
-    vectors (default: the index's, checked by fingerprint), the dask scheduler or local
-    workers, the FAISS index type, the memory budget, and whether corrupt shards may be left
-    out. Every shard is checked against its checksum when loaded: a corrupt one is a
-    CorruptShard, or with ``allow_partial`` it is left out and each response carries a
-    warning. ``load_model=False`` opens a BM25-only searcher (no query vectors, no generated
-    targets). Refuses an index that another process is writing (IndexBusy) or that is
-    unfinished (IndexIncomplete).
+    vectors (default: the index's, checked by fingerprint); ``workers`` (dask worker processes
+    on this machine) or ``scheduler`` (an existing dask scheduler's address): neither searches
+    in this process on threads (no cluster to start; works from any script, notebook or
+    standard input), unless the index is larger than this process's ``memory_budget_gb`` and
+    the machine has room for enough workers. ``faiss_index``: 'auto' (exact in memory when it
+    fits the budget, else 'ann' with a warning), 'exact', 'stream' (exact, reading the shards
+    per query), 'ann' (compressed IVF-PQ, candidates re-scored exactly; ``ann``: AnnOptions),
+    'hnsw', 'ivfpq' or a FAISS factory string. Every shard's vectors are checked against their
+    checksum as they load: a corrupt one is a CorruptShard, or with ``allow_partial`` it is
+    left out and each response carries a warning. ``load_model=False`` opens a BM25-only
+    searcher (no query vectors, no generated targets). Refuses an index that another process
+    is writing (IndexBusy) or that is unfinished (IndexIncomplete).
     """
 
     def __init__(self, index: str | Path, options: SearchOptions | None = None, *,
@@ -61,64 +67,61 @@ class Searcher:
         status = self.store.bm25_status
         self.bm25 = BM25(bm25_path) if status and status.get("complete") else None
         self._bm25_lock = threading.Lock()
-        self.dense = DenseSearch(self.index, scheduler=self.options.scheduler,
-                                 workers=self.options.workers,
-                                 faiss_index=self.options.faiss_index,
-                                 memory_budget=int(self.options.memory_budget_gb * 2**30),
-                                 allow_partial=self.options.allow_partial)
-        self._text_cache: dict[int, dict] = {}
+        self.default_mode = "both" if self.bm25 is not None else "trackstar"
+        self.rows = RowReader(self.store)
+        o = self.options
+        self.dense = DenseSearch(self.index, scheduler=o.scheduler, workers=o.workers,
+                                 faiss_index=o.faiss_index,
+                                 memory_budget=int(o.memory_budget_gb * 2**30),
+                                 allow_partial=o.allow_partial, ann=o.ann,
+                                 timeout_s=o.timeout_s)
         self._profiles: dict[str, object] = {}
+        self._profiles_lock = threading.Lock()
 
     # ------------------------------------------------------------------ API
-    def search(self, prompt: str, target: str | None = None, k: int = 10, mode: str = "both",
-               profile: str | None = None) -> SearchResponse:
+    def search(self, prompt: str, target: str | None = None, k: int = 10,
+               mode: str | None = None, profile: str | None = None) -> SearchResponse:
         """Which training examples made the model say ``target`` after ``prompt``?
 
         ``target`` None: the model's greedy continuation (``target_generated`` in the
         response). ``k``: results per list; ``mode``: 'trackstar' (cosine of TrackStar
         vectors, in [-1, 1]), 'bm25' (BM25 over prompt + target), 'both' (the two lists and
-        their fusion) or 'fused' (reciprocal-rank fusion only); ``profile``: a correction
-        profile (``tda precondition``), None for the vectors as indexed. The response holds,
-        per list, up to ``k`` Hits (example id, document id, snippet, score, 1-based ranks in
-        every list) and timings in milliseconds. QueryError for a request that cannot be
-        answered (empty target, too long, unknown profile, no BM25 index)."""
+        their fusion) or 'fused' (reciprocal-rank fusion only); default: 'both' when the index
+        has BM25, else 'trackstar'. ``profile``: a correction profile (``tda precondition``),
+        None for the vectors as indexed. The response holds, per list, up to ``k`` Hits
+        (example id, document id, snippet, score, 1-based ranks in every list) and timings in
+        milliseconds. QueryError for a request that cannot be answered (empty target, too
+        long, unknown profile, no BM25 index)."""
         return self.search_many([SearchRequest(prompt=prompt, target=target, k=k, mode=mode,
                                                profile=profile)])[0]
 
     def search_many(self, requests: list[SearchRequest]) -> list[SearchResponse]:
-        """Answer several requests (as ``search``) with one batched query encoding and one
-        dense fan-out per profile; responses in request order."""
+        """Answer several requests with one batched query encoding and one dense pass per
+        profile (one matrix product per block of vectors for all of them); each response
+        equals the one ``search`` gives for its request alone."""
         t0 = time.perf_counter()
-        for r in requests:
+        modes = [self._mode(r) for r in requests]
+        for r, mode in zip(requests, modes):
             if r.profile and not self._has_profile(r.profile):
                 raise ProfileMissing(f"{self.index}: no profile {r.profile!r} "
                                      f"(profiles: {self.profiles() or 'none'})")
-            if r.mode in ("bm25", "both", "fused") and self.bm25 is None:
-                raise QueryError(f"{self.index}: no BM25 index (built with --no-bm25); use "
-                                 f"mode='trackstar'")
-        targets, generated = self._targets(requests)
+        targets, generated = self._targets(requests, modes)
         t1 = time.perf_counter()
-        dense_rows = [i for i, r in enumerate(requests) if r.mode != "bm25"]
-        dense: dict[int, list[tuple[str, float, int, int]]] = {}
+        dense_rows = [i for i, mode in enumerate(modes) if mode != "bm25"]
+        dense: dict[int, list[tuple[float, int, int]]] = {}
         if dense_rows:
             if self.encoder is None:
                 raise QueryError("this Searcher was opened without a model: BM25 only")
             q = self.encoder.encode([(requests[i].prompt, targets[i]) for i in dense_rows])
-            for profile in dict.fromkeys(requests[i].profile for i in dense_rows):
-                rows = [j for j, i in enumerate(dense_rows) if requests[i].profile == profile]
-                qp = q[rows] if profile is None else self._profile(profile).transform(q[rows])
-                depth = max(max(requests[dense_rows[j]].k for j in rows), FUSION_DEPTH)
-                res = self.dense.search(qp, depth, profile)
-                for row, j in enumerate(rows):
-                    dense[dense_rows[j]] = [(None, float(s), int(sh), int(rw)) for s, sh, rw in
-                                            zip(res.scores[row], res.shards[row], res.rows[row])
-                                            if sh >= 0]
+            dense = self._dense(q, [requests[i] for i in dense_rows],
+                                [modes[i] for i in dense_rows], dense_rows)
         t2 = time.perf_counter()
         out = []
         for i, r in enumerate(requests):
             bm = self._bm25(r.prompt + targets[i], max(r.k, FUSION_DEPTH)) \
-                if r.mode != "trackstar" else []
-            out.append(self._response(r, targets[i], generated[i], dense.get(i, []), bm))
+                if modes[i] != "trackstar" else []
+            out.append(self._response(r, modes[i], targets[i], generated[i], dense.get(i, []),
+                                      bm))
         t3 = time.perf_counter()
         for resp in out:
             resp.warnings = list(self.dense.warnings)
@@ -150,38 +153,57 @@ class Searcher:
             qp = q[sel] if profile is None else self._profile(profile).transform(q[sel])
             res = self.dense.search(-qp, n, profile)
             for row, j in enumerate(sel):
-                hits = []
-                for s, sh, rw in zip(res.scores[row], res.shards[row], res.rows[row]):
-                    if sh < 0:
-                        continue
-                    data = self._shard_rows(int(sh))
-                    hits.append(self._hit(str(data["ids"][rw]), str(data["doc_ids"][rw]),
-                                          str(data["text"][rw]), -float(s),
-                                          {"opponents": len(hits) + 1}))
-                out[rows[j]] = hits
+                found = [(-float(s), int(sh), int(rw)) for s, sh, rw in
+                         zip(res.scores[row], res.shards[row], res.rows[row]) if sh >= 0]
+                recs = self.rows.fields([(sh, rw) for _, sh, rw in found],
+                                        ("ids", "doc_ids", "text"))
+                out[rows[j]] = [self._hit(rec["ids"], rec["doc_ids"], rec["text"], sc,
+                                          {"opponents": i + 1})
+                                for i, ((sc, _, _), rec) in enumerate(zip(found, recs))]
+        return out
+
+    def search_vectors(self, vectors: np.ndarray, k: int = 10,
+                       profile: str | None = None) -> list[list[Hit]]:
+        """The TrackStar top ``k`` of query vectors you computed yourself ([m, d] float32,
+        unit rows as the index's), with snippets: one list of hits per row."""
+        vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
+        if profile is not None:
+            if not self._has_profile(profile):
+                raise ProfileMissing(f"{self.index}: no profile {profile!r} "
+                                     f"(profiles: {self.profiles() or 'none'})")
+            vectors = self._profile(profile).transform(vectors)
+        res = self.dense.search(vectors, k, profile)
+        out = []
+        for row in range(vectors.shape[0]):
+            hits = [(float(sc), int(sh), int(rw)) for sc, sh, rw in
+                    zip(res.scores[row], res.shards[row], res.rows[row]) if sh >= 0]
+            recs = self.rows.fields([(sh, rw) for _, sh, rw in hits], ("ids", "doc_ids", "text"))
+            out.append([self._hit(rec["ids"], rec["doc_ids"], rec["text"], sc,
+                                  {"trackstar": i + 1, "bm25": None, "fused": None})
+                        for i, ((sc, _, _), rec) in enumerate(zip(hits, recs))])
         return out
 
     def document(self, doc_id: str) -> IndexedExample:
         """One indexed example by its example id (DOCID or DOCID#N): text, tokens and loss
-        (nats). KeyError when unknown."""
+        (nats); O(1) reads whatever the index size. KeyError when unknown."""
         loc = self._locate(doc_id)
         if loc is None:
             raise KeyError(doc_id)
-        data = self._shard_rows(loc[0])
-        r = loc[1]
-        return IndexedExample(id=str(data["ids"][r]), doc_id=str(data["doc_ids"][r]),
-                        text=str(data["text"][r]), n_tokens=int(data["n_tokens"][r]),
-                        loss=float(data["loss"][r]))
+        rec = self.rows.fields([loc])[0]
+        return IndexedExample(id=str(rec["ids"]), doc_id=str(rec["doc_ids"]),
+                              text=str(rec["text"]), n_tokens=int(rec["n_tokens"]),
+                              loss=float(rec["loss"]))
 
     def profiles(self) -> list[str]:
         """The complete correction profiles of the index."""
         return complete_profiles(self.store)
 
     def _profile(self, name: str):
-        if name not in self._profiles:
-            from tda.searcher.profiles import Profile
-            self._profiles[name] = Profile.load(self.store, name)
-        return self._profiles[name]
+        with self._profiles_lock:
+            if name not in self._profiles:
+                from tda.searcher.profiles import Profile
+                self._profiles[name] = Profile.load(self.store, name)
+            return self._profiles[name]
 
     def info(self) -> dict:
         """What the index holds (``tda info``)."""
@@ -189,8 +211,9 @@ class Searcher:
         return index_info(self.index)
 
     def close(self) -> None:
-        """Stop the dense search's dask cluster."""
+        """Stop the dense search (its threads or dask cluster) and the row readers."""
         self.dense.close()
+        self.rows.close()
 
     def __enter__(self) -> "Searcher":
         return self
@@ -199,12 +222,36 @@ class Searcher:
         self.close()
 
     # ------------------------------------------------------------------ internals
+    def _mode(self, r: SearchRequest) -> str:
+        mode = r.mode or self.default_mode
+        if mode in ("bm25", "both", "fused") and self.bm25 is None:
+            raise QueryError(f"{self.index}: no BM25 index (built with --no-bm25); use "
+                             f"mode='trackstar'")
+        return mode
+
     def _has_profile(self, name: str) -> bool:
         return name in self.profiles()
 
-    def _targets(self, requests) -> tuple[list[str], list[bool]]:
+    def _dense(self, q: np.ndarray, requests, modes, positions) -> dict:
+        """{request position: [(score, shard, row)]}: one dense pass per profile."""
+        out = {}
+        for profile in dict.fromkeys(r.profile for r in requests):
+            rows = [j for j, r in enumerate(requests) if r.profile == profile]
+            qp = q[rows] if profile is None else self._profile(profile).transform(q[rows])
+            depth = max(max(requests[j].k for j in rows), FUSION_DEPTH)
+            res = self.dense.search(qp, depth, profile)
+            for row, j in enumerate(rows):
+                # a request's list does not depend on the others' k: cut to its own depth
+                want = requests[j].k if modes[j] == "trackstar" else \
+                    max(requests[j].k, FUSION_DEPTH)
+                out[positions[j]] = [(float(s), int(sh), int(rw)) for s, sh, rw in
+                                     zip(res.scores[row][:want], res.shards[row][:want],
+                                         res.rows[row][:want]) if sh >= 0]
+        return out
+
+    def _targets(self, requests, modes) -> tuple[list[str], list[bool]]:
         targets, generated = [], []
-        for r in requests:
+        for r, mode in zip(requests, modes):
             if r.target is not None and r.target.strip():
                 targets.append(r.target)
                 generated.append(False)
@@ -225,40 +272,31 @@ class Searcher:
         with self._bm25_lock:
             return self.bm25.search(text, depth)
 
-    def _shard_rows(self, shard: int) -> dict:
-        if shard not in self._text_cache:
-            if len(self._text_cache) > 64:
-                self._text_cache.clear()
-            self._text_cache[shard] = self.store.read_shard(
-                shard, ("ids", "doc_ids", "text", "n_tokens", "loss"))
-        return self._text_cache[shard]
+    def _bm25_record(self, doc: str) -> dict | None:
+        with self._bm25_lock:
+            return self.bm25.record(doc)
 
     def _locate(self, doc_id: str) -> tuple[int, int] | None:
-        """(shard, row) of an example id, through the BM25 index's stored location or a scan."""
+        """(shard, row) of an example id: the BM25 index's stored location, else the row
+        table (both O(1) in the index size)."""
         if self.bm25 is not None:
-            with self._bm25_lock:
-                rec = self.bm25.record(doc_id)
+            rec = self._bm25_record(doc_id)
             return None if rec is None else (int(rec["shard"]), int(rec["row"]))
-        for shard in sorted(self.store.complete_shards()):
-            ids = self._shard_rows(shard)["ids"]
-            hit = np.flatnonzero(ids == doc_id)
-            if hit.size:
-                return shard, int(hit[0])
-        return None
+        return self.rows.locate(doc_id)
 
     def _hit(self, doc: str, doc_id: str, text: str, score: float, ranks: dict) -> Hit:
         snippet = text if len(text) <= SNIPPET_CHARS else text[:SNIPPET_CHARS - 1] + "…"
         return Hit(id=doc, doc_id=doc_id, snippet=snippet, score=score, ranks=ranks)
 
-    def _response(self, r: SearchRequest, target: str, generated: bool, dense,
+    def _response(self, r: SearchRequest, mode: str, target: str, generated: bool, dense,
                   bm) -> SearchResponse:
-        dense_ids = []
-        dense_info = {}
-        for _, score, shard, row in dense:
-            data = self._shard_rows(shard)
-            doc = str(data["ids"][row])
-            dense_ids.append(doc)
-            dense_info[doc] = (str(data["doc_ids"][row]), str(data["text"][row]), score)
+        fusion = mode in ("both", "fused")
+        # ids of the dense hits a list needs: its top k, or the fusion depth
+        shown = dense if fusion else dense[:r.k]
+        ids = [rec["ids"] for rec in self.rows.fields([(sh, rw) for _, sh, rw in shown],
+                                                      ("ids",))]
+        dense_ids = ids
+        dense_at = {doc: (sh, rw, sc) for doc, (sc, sh, rw) in zip(ids, shown)}
         bm_ids = [d for d, _ in bm]
         bm_scores = dict(bm)
         lists = {}
@@ -266,28 +304,33 @@ class Searcher:
             lists["trackstar"] = dense_ids
         if bm_ids:
             lists["bm25"] = bm_ids
-        fused = rrf(lists) if r.mode in ("both", "fused") else []
+        fused = rrf(lists) if fusion else []
         rank = {"trackstar": {d: i + 1 for i, d in enumerate(dense_ids)},
                 "bm25": {d: i + 1 for i, d in enumerate(bm_ids)},
                 "fused": {d: i + 1 for i, (d, _) in enumerate(fused)}}
+        wanted = (dense_ids[:r.k] if mode in ("trackstar", "both") else []) + \
+            (bm_ids[:r.k] if mode in ("bm25", "both") else []) + \
+            ([d for d, _ in fused[:r.k]] if fusion else [])
+        wanted = list(dict.fromkeys(wanted))
+        from_rows = [d for d in wanted if d in dense_at]
+        recs = self.rows.fields([dense_at[d][:2] for d in from_rows], ("doc_ids", "text"))
+        details = {d: (rec["doc_ids"], rec["text"]) for d, rec in zip(from_rows, recs)}
+        for d in wanted:
+            if d not in details:
+                rec = self._bm25_record(d)
+                details[d] = (rec["doc_id"], rec["contents"])
 
         def ranks_of(doc):
             return {name: rank[name].get(doc) for name in rank}
 
-        def details(doc):
-            if doc in dense_info:
-                return dense_info[doc][:2]
-            with self._bm25_lock:
-                rec = self.bm25.record(doc)
-            return rec["doc_id"], rec["contents"]
-
         resp = SearchResponse(prompt=r.prompt, target=target, target_generated=generated,
-                              mode=r.mode, profile=r.profile, k=r.k)
-        if r.mode in ("trackstar", "both"):
-            resp.trackstar = [self._hit(d, *dense_info[d][:2], dense_info[d][2], ranks_of(d))
+                              mode=mode, profile=r.profile, k=r.k)
+        if mode in ("trackstar", "both"):
+            resp.trackstar = [self._hit(d, *details[d], dense_at[d][2], ranks_of(d))
                               for d in dense_ids[:r.k]]
-        if r.mode in ("bm25", "both"):
-            resp.bm25 = [self._hit(d, *details(d), bm_scores[d], ranks_of(d)) for d in bm_ids[:r.k]]
-        if r.mode in ("both", "fused"):
-            resp.fused = [self._hit(d, *details(d), s, ranks_of(d)) for d, s in fused[:r.k]]
+        if mode in ("bm25", "both"):
+            resp.bm25 = [self._hit(d, *details[d], bm_scores[d], ranks_of(d))
+                         for d in bm_ids[:r.k]]
+        if fusion:
+            resp.fused = [self._hit(d, *details[d], sc, ranks_of(d)) for d, sc in fused[:r.k]]
         return resp

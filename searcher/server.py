@@ -18,7 +18,8 @@ from fastapi.security.utils import get_authorization_scheme_param
 from tda import __version__
 from tda.errors import ServerLimitExceeded, TdaError
 from tda.schemas.options import ServerLimits
-from tda.schemas.search import HealthResponse, IndexedExample, SearchRequest, SearchResponse
+from tda.schemas.search import (BatchRequest, BatchResponse, HealthResponse, IndexedExample,
+                                SearchRequest, SearchResponse)
 
 
 def check_limits(req: SearchRequest, limits: ServerLimits) -> None:
@@ -80,15 +81,31 @@ def create_app(searcher, token: str | None = None, limits: ServerLimits = Server
     def health() -> HealthResponse:
         return HealthResponse()
 
+    def answer(requests: list[SearchRequest]) -> list[SearchResponse]:
+        try:
+            if len(requests) > limits.max_batch:
+                raise ServerLimitExceeded(f"{len(requests)} requests: the limit is "
+                                          f"{limits.max_batch} per batch")
+            for req in requests:
+                check_limits(req, limits)
+            return searcher.search_many(requests)
+        except TdaError as e:      # over a limit, bad query, unknown profile, no BM25
+            raise HTTPException(400, str(e).splitlines()[0]) from None
+
     @app.post("/search", response_model=SearchResponse, dependencies=[Depends(authorized)],
               responses={400: {"description": "The query cannot be answered"},
                          401: {"description": "Missing or wrong token"}})
     def search(req: SearchRequest) -> SearchResponse:
-        try:
-            check_limits(req, limits)
-            return searcher.search_many([req])[0]
-        except TdaError as e:      # over a limit, bad query, unknown profile, no BM25
-            raise HTTPException(400, str(e).splitlines()[0]) from None
+        return answer([req])[0]
+
+    @app.post("/search/batch", response_model=BatchResponse,
+              dependencies=[Depends(authorized)],
+              responses={400: {"description": "A query cannot be answered (none is)"},
+                         401: {"description": "Missing or wrong token"}})
+    def search_batch(batch: BatchRequest) -> BatchResponse:
+        """Many queries in one pass over the vectors; responses in request order, each equal
+        to POST /search's for that request."""
+        return BatchResponse(responses=answer(batch.requests))
 
     @app.get("/documents/{doc_id:path}", response_model=IndexedExample,
              dependencies=[Depends(authorized)],

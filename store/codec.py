@@ -27,6 +27,19 @@ def checksum(arrays: dict[str, np.ndarray | list]) -> str:
     return h.hexdigest()
 
 
+def array_checksums(arrays: dict[str, np.ndarray | list]) -> dict[str, str]:
+    """Per-array checksums ({name: checksum({name: values})}), stored in a shard's marker
+    beside the shard's: what a reader that loads only some arrays (the searcher: vectors)
+    checks as it reads them."""
+    return {name: checksum({name: values}) for name, values in arrays.items()}
+
+
+def stored_dtype(storage_dtype: str) -> np.dtype:
+    """numpy dtype of stored vectors: float16, float32, or uint16 holding bfloat16 bits."""
+    return np.dtype({"bfloat16": np.uint16, "float32": np.float32}.get(storage_dtype,
+                                                                          np.float16))
+
+
 def to_storage(vectors: np.ndarray, storage_dtype: str) -> np.ndarray:
     """float32 [n, d] -> stored array: float16, float32, or bfloat16 bits as uint16."""
     if storage_dtype == "float32":

@@ -6,6 +6,7 @@ the index is opened, so a reader meets a wrong index at ``open``, with the path 
 """
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,10 +18,11 @@ from zarr.core.sync import sync
 
 from tda.errors import CorruptShard, IndexCorrupt, IndexIncomplete, IndexMissing, NotAnIndex
 from tda.schemas.index import Manifest
-from tda.store.codec import checksum, compressor, from_storage, to_storage
+from tda.store.codec import array_checksums, checksum, compressor, from_storage, to_storage
 from tda.store.faults import crash_point
 from tda.store.layout import (BM25_DIR, BM25_KEY, COMPLETE_KEY, MANIFEST_KEY, MOMENTS, PROFILES,
-                              ROW_ARRAYS, ROW_CHUNK, SCAN, SHARDS, block_name, shard_name)
+                              ROW_ARRAYS, ROW_CHUNK, SCAN, SHARDS, block_name, shard_name,
+                              text_chunk_rows)
 from tda.store.location import local_path
 
 warnings.filterwarnings("ignore", message=".*vlen-utf8.*")
@@ -174,8 +176,10 @@ class IndexStore:
 
     def write_shard(self, index: int, rows: ShardRows, seconds: float | None = None) -> None:
         """Write one shard; any earlier incomplete copy is removed first. The marker (with the
-        checksum, and the ``seconds`` the build spent on it) goes last, so a crash at any point
-        leaves no shard that reads as complete."""
+        checksum of the shard, one per array, and the ``seconds`` the build spent on it) goes
+        last, so a crash at any point leaves no shard that reads as complete. Vectors are
+        stored raw or compressed as the manifest's ``layout.vector_codec`` says; string arrays
+        in chunks of about TEXT_CHUNK_BYTES."""
         shards = self._shards()
         name = shard_name(index)
         _delete(shards, name)
@@ -189,18 +193,26 @@ class IndexStore:
                   "norm": np.asarray(rows.norm, np.float32)}
         for key, values in arrays.items():
             if isinstance(values, list):
-                a = g.create_array(key, shape=(n,), dtype=str, chunks=(chunk,))
+                a = g.create_array(key, shape=(n,), dtype=str,
+                                   chunks=(max(1, min(text_chunk_rows(values), n)),))
                 a[:] = np.asarray(values, dtype=object)
             else:
                 a = g.create_array(key, shape=values.shape, dtype=values.dtype,
                                    chunks=(chunk,) + values.shape[1:],
-                                   compressors=compressor() if values.ndim == 2 else "auto")
+                                   compressors=self._vector_codec() if values.ndim == 2
+                                   else "auto")
                 a[:] = values
             if key == "vectors":
                 crash_point("shard-arrays")          # mid-write: vectors there, the rest not
         crash_point("shard-marker")
         g.attrs[COMPLETE_KEY] = {"rows": n, "checksum": checksum(arrays),
+                                 "checksums": array_checksums(arrays),
                                  **({} if seconds is None else {"seconds": round(seconds, 3)})}
+
+    def _vector_codec(self):
+        """Compressors of vector arrays: none for ``raw`` (float16 unit rows compress by ~6%,
+        and raw chunks let a searcher read one row with one small read), else Blosc."""
+        return None if self.manifest.layout.vector_codec == "raw" else compressor()
 
     def write_profile_shard(self, profile: str, index: int, vectors: np.ndarray) -> None:
         """A profile's transformed vectors [rows, d] float32 for one base shard, marker last."""
@@ -211,11 +223,12 @@ class IndexStore:
         stored = to_storage(vectors, self.manifest.layout.storage_dtype)
         chunk = max(1, min(ROW_CHUNK, stored.shape[0]))
         arr = g.create_array("vectors", shape=stored.shape, dtype=stored.dtype,
-                             chunks=(chunk, stored.shape[1]), compressors=compressor())
+                             chunks=(chunk, stored.shape[1]), compressors=self._vector_codec())
         arr[:] = stored
         crash_point("profile-shard")
         g.attrs[COMPLETE_KEY] = {"rows": int(stored.shape[0]),
-                                 "checksum": checksum({"vectors": stored})}
+                                 "checksum": checksum({"vectors": stored}),
+                                 "checksums": array_checksums({"vectors": stored})}
 
     def drop_shard(self, index: int, profile: str | None = None) -> None:
         """Remove a shard (it will be rebuilt)."""
@@ -225,16 +238,18 @@ class IndexStore:
                    profile: str | None = None, verify: bool = False) -> dict:
         """The named arrays of a complete shard (vectors [rows, d] as float32); with
         ``profile``, that profile's transformed vectors. ``verify`` reads every array and
-        checks the shard's checksum first: CorruptShard names the shard and the problem."""
-        name = shard_name(index)
-        where = f"{self.url}: {'profile ' + profile + ' ' if profile else ''}shard {name}"
-        try:
-            g = self._shards(profile)[name]
-            marker = g.attrs.get(COMPLETE_KEY)
-        except Exception as e:  # noqa: BLE001 - missing or unreadable metadata
-            raise CorruptShard(f"{where}: missing or unreadable ({e})") from None
-        if not marker:
-            raise IndexIncomplete(f"{where} is incomplete")
+        checks the shard's checksum (and each array's, where the marker has them) first:
+        CorruptShard names the shard and the problem."""
+        raw = self.read_stored(index, fields, profile, verify)
+        return {f: self.decode_vectors(v) if f == "vectors" else v for f, v in raw.items()}
+
+    def read_stored(self, index: int, fields: tuple[str, ...], profile: str | None = None,
+                    verify: bool = False) -> dict:
+        """As read_shard, but vectors as stored ([rows, d] float16, or bfloat16 bits as
+        uint16)."""
+        where = self._where(index, profile)
+        marker = self.shard_marker(index, profile)
+        g = self._shards(profile)[shard_name(index)]
         names = ROW_ARRAYS if profile is None else ("vectors",)
         try:
             raw = {f: g[f][:] for f in (names if verify else fields)}
@@ -248,7 +263,11 @@ class IndexStore:
             if checksum(raw) != marker["checksum"]:
                 raise CorruptShard(f"{where}: checksum mismatch (the data changed after it "
                                    f"was written)")
-        return {f: self.decode_vectors(raw[f]) if f == "vectors" else raw[f] for f in fields}
+            for f, value in marker.get("checksums", {}).items():
+                if f in raw and checksum({f: raw[f]}) != value:
+                    raise CorruptShard(f"{where}: {f} does not match its checksum in the "
+                                       f"marker")
+        return {f: raw[f] for f in fields}
 
     def verify_shard(self, index: int, profile: str | None = None) -> str | None:
         """None when the shard reads back whole and matches its checksum, else the problem."""
@@ -257,6 +276,103 @@ class IndexStore:
         except (CorruptShard, IndexIncomplete) as e:
             return str(e)
         return None
+
+    def shard_marker(self, index: int, profile: str | None = None) -> dict:
+        """A complete shard's marker ({"rows", "checksum", "checksums"?}: per-array checksums
+        in new builds); CorruptShard when its metadata is unreadable, IndexIncomplete when it
+        has no marker."""
+        where = self._where(index, profile)
+        try:
+            marker = self._shards(profile)[shard_name(index)].attrs.get(COMPLETE_KEY)
+        except Exception as e:  # noqa: BLE001 - missing or unreadable metadata
+            raise CorruptShard(f"{where}: missing or unreadable ({e})") from None
+        if not marker:
+            raise IndexIncomplete(f"{where} is incomplete")
+        return marker
+
+    def _where(self, index: int, profile: str | None) -> str:
+        return f"{self.url}: {'profile ' + profile + ' ' if profile else ''}shard " \
+               f"{shard_name(index)}"
+
+    def load_vectors(self, index: int, profile: str | None = None,
+                     verify: bool = True) -> np.ndarray:
+        """A complete shard's vectors as stored ([rows, d] float16, or bfloat16 bits as
+        uint16), read once. ``verify``: checked against the marker's checksum of the vectors
+        as they are read; a shard written before per-array checksums (tda 0.1.0) is verified
+        whole (every array read). CorruptShard names the shard and the problem."""
+        where = self._where(index, profile)
+        marker = self.shard_marker(index, profile)
+        if verify and "vectors" not in marker.get("checksums", {}):
+            return self.read_stored(index, ("vectors",), profile, verify=True)["vectors"]
+        try:
+            stored = self._shards(profile)[shard_name(index)]["vectors"][:]
+        except Exception as e:  # noqa: BLE001 - codec/decompression/shape errors
+            raise CorruptShard(f"{where}: unreadable ({type(e).__name__}: {e})") from None
+        if verify:
+            if len(stored) != marker["rows"]:
+                raise CorruptShard(f"{where}: vectors has {len(stored)} rows, the marker says "
+                                   f"{marker['rows']}")
+            if checksum({"vectors": stored}) != marker["checksums"]["vectors"]:
+                raise CorruptShard(f"{where}: checksum mismatch (the data changed after it "
+                                   f"was written)")
+        return stored
+
+    def read_rows(self, index: int, field: str, rows: np.ndarray,
+                  profile: str | None = None) -> np.ndarray:
+        """``field`` at ``rows`` (positions in the shard) of a complete shard: strings as an
+        object array, numbers as stored (vectors: see read_vector_rows). Decodes only the
+        chunks holding those rows."""
+        rows = np.asarray(rows, dtype=np.int64)
+        arr = self.shard_array(index, field, profile)
+        try:
+            return arr.oindex[rows] if rows.size else arr[:0]
+        except Exception as e:  # noqa: BLE001 - codec/decompression/shape errors
+            raise CorruptShard(f"{self._where(index, profile)}: {field} unreadable "
+                               f"({type(e).__name__}: {e})") from None
+
+    def read_vector_rows(self, index: int, rows: np.ndarray,
+                         profile: str | None = None) -> np.ndarray:
+        """Stored vector rows [len(rows), d] (storage dtype) of a complete shard. Raw local
+        shards (``vector_codec`` raw) are read with one ``pread`` of d values per row; others
+        through Zarr, chunk by chunk."""
+        rows = np.asarray(rows, dtype=np.int64)
+        raw = self._raw_layout(index, profile)
+        if raw is None:
+            return self.read_rows(index, "vectors", rows, profile)
+        directory, chunk_rows, dim, dtype = raw
+        out = np.empty((rows.size, dim), dtype=dtype)
+        row_bytes = dim * dtype.itemsize
+        view = out.view(np.uint8).reshape(rows.size, row_bytes)
+        for i, r in enumerate(rows.tolist()):
+            c, within = divmod(r, chunk_rows)
+            try:
+                with open(directory / str(c) / "0", "rb", buffering=0) as f:
+                    got = os.preadv(f.fileno(), [view[i]], within * row_bytes)
+            except FileNotFoundError:        # Zarr leaves out chunks equal to the fill value
+                out[i] = 0
+                continue
+            if got != row_bytes:
+                raise CorruptShard(f"{self._where(index, profile)}: vectors chunk {c} is "
+                                   f"truncated")
+        return out
+
+    def _raw_layout(self, index: int, profile: str | None):
+        """(chunk directory, rows per chunk, d, dtype) when a shard's vectors are stored as raw
+        little-endian chunks in a local directory, else None (read through Zarr)."""
+        key = (index, profile)
+        cache = self.__dict__.setdefault("_raw_layouts", {})
+        if key not in cache:
+            arr = self.shard_array(index, "vectors", profile)
+            enc = arr.metadata.chunk_key_encoding
+            ok = (isinstance(arr.store, zarr.storage.LocalStore) and not arr.compressors
+                  and not arr.filters and enc.name == "default"
+                  and getattr(enc, "separator", "/") == "/"
+                  and getattr(arr.serializer, "endian", None) is not None
+                  and arr.serializer.endian.value == "little"
+                  and arr.chunks[1] == arr.shape[1])
+            cache[key] = (Path(arr.store.root) / arr.path / "c", arr.chunks[0], arr.shape[1],
+                          np.dtype(arr.dtype)) if ok else None
+        return cache[key]
 
     def shard_array(self, index: int, field: str, profile: str | None = None):
         """The lazy Zarr array ``field`` of a complete shard (for block-wise reads)."""

@@ -8,8 +8,18 @@
         doc_ids  [rows]       the document each row came from
         text     [rows]       the example's text
         n_tokens [rows] int32, loss [rows] float32 (nats), norm [rows] float32 (before normalizing)
-        attributes "complete": {"rows", "checksum", "seconds"} written last: a shard without
-        it does not exist ("seconds": the build's wall time for it; absent in schema 1)
+        attributes "complete": {"rows", "checksum", "checksums", "seconds"} written last: a
+        shard without it does not exist ("seconds": the build's wall time for it, absent in
+        schema 1; "checksums": one per array in new builds, so a reader of only the vectors
+        checks them as it reads them). Vectors are raw little-endian chunks of ROW_CHUNK rows
+        (manifest layout.vector_codec "raw": a row is one small read) or Blosc (tda 0.1.0);
+        string arrays in chunks of about TEXT_CHUNK_BYTES of text.
+    rows/                     the id -> (shard, row) table (store/rowtable.py): key [n] uint64
+                              (sorted BLAKE2b-64 of the ids), loc [n] int64 (shard << 32 | row);
+        attributes "complete": {"rows", "source"} written last (source: digest of the shard
+        markers it was built from; a table older than its shards is never used)
+    ann/<key>/                a compressed ANN index of a shard group (searcher/ann.py):
+        index.faiss, then marker.json {"format", "source", ...} written last
     second_moments/           the optimizer second moments V the vectors were corrected with:
         <IIIII>_<part>        part full [rows, cols], or row [rows] and col [cols], float64;
                               IIIII indexes the sorted parameter names
@@ -44,6 +54,21 @@ SCAN = "scan"
 TRANSFORM = "transform"
 ROW_ARRAYS = ("vectors", "ids", "doc_ids", "text", "n_tokens", "loss", "norm")
 ROW_CHUNK = 1024
+TEXT_CHUNK_BYTES = 1 << 16   # string arrays: about this many bytes of text per chunk, so a
+                             # row read decodes ~64 KB, however long the examples are
+ROWS = "rows"
+ANN_DIR = "ann"
+VECTOR_CODECS = ("raw", "blosc-zstd")
+
+
+def text_chunk_rows(values: list[str]) -> int:
+    """Rows per chunk of a string array: a power of two in [16, ROW_CHUNK] holding about
+    TEXT_CHUNK_BYTES of UTF-8 (the mean over ``values``)."""
+    mean = max(1.0, sum(len(v) for v in values) / max(1, len(values)))
+    rows = 16
+    while rows < ROW_CHUNK and rows * 2 * mean <= TEXT_CHUNK_BYTES:
+        rows *= 2
+    return rows
 
 
 def shard_name(index: int) -> str:

@@ -7,13 +7,15 @@ from tda.errors import IndexMismatch, IndexMissing, IndexUnusable, ModelError, N
 from tda.store import bm25
 from tda.store.index import IndexStore
 from tda.store.lock import ensure_not_busy
+from tda.store.rowtable import row_table_problems
 
 
 def verify_index(url: str, model_dir: str | Path | None = None) -> dict:
     """{"ok": bool, "checked": {...counts}, "problems": ["part: problem", ...]}. Checks the
     manifest, the model (``model_dir``, else the recorded model path when it is there: its
     fingerprint), the stored second moments, every shard (presence, marker, each array read
-    back, sha256 checksum), the BM25 index (opens, document count, every id resolves) and
+    back, sha256 checksums), the id -> (shard, row) table, the BM25 index (opens, document
+    count, every id resolves) and
     every profile (transform blocks and transformed shards).
 
     Raises IndexMissing, NotAnIndex or IndexBusy when there is nothing to verify (yet); a
@@ -48,6 +50,7 @@ def verify_index(url: str, model_dir: str | Path | None = None) -> dict:
     status = store.shard_status()
     unreadable = store.unreadable_shards()
     ids: list[str] = []
+    shard_problems = len(problems)
     for s in range(manifest.n_shards):
         checked["shards"] += 1
         if s in unreadable:
@@ -64,6 +67,8 @@ def verify_index(url: str, model_dir: str | Path | None = None) -> dict:
             problems.append(problem)
         else:
             ids += store.read_shard(s, ("ids",))["ids"].tolist()
+    if len(problems) == shard_problems:   # a damaged shard already explains a stale table
+        problems += row_table_problems(store, sum(store.complete_shards().values()))
     status_bm25 = store.bm25_status
     if status_bm25 and status_bm25.get("complete") and store.bm25_path is not None:
         try:

@@ -13,6 +13,7 @@ from tda.tests.indexing import fact_index, env, free_port, read_index, tda
 from tda.engine import Featurizer, TrackStarConfig, load_model
 from tda.errors import ModelMismatch
 from tda.errors import QueryError as SearchError
+from tda.schemas.options import AnnOptions
 from tda.searcher.searcher import Searcher
 from tda.tests.tolerances import FLOAT32_SAME_ATOL, SCORE_ATOL, SCORE_RTOL
 
@@ -58,12 +59,16 @@ def test_faiss_equals_brute_force(searcher, index):
         assert [h.ranks["trackstar"] for h in resp.trackstar] == list(range(1, 11))
 
 
-def test_one_worker_equals_two_and_streaming_equals_loaded(searcher, index):
+def test_every_placement_and_kind_gives_the_same_answer(searcher, index):
+    """In process or 1 or 2 dask workers, loaded, streamed, or compressed with every row
+    re-scored: the same ids and scores."""
     want = [searcher.search(p, t, k=10, mode="trackstar").trackstar for p, t in QUERIES]
-    for kwargs in ({"workers": 1}, {"workers": 2, "memory_budget_gb": 1e-6}):
+    for kwargs in ({}, {"workers": 1}, {"workers": 2, "faiss_index": "stream"},
+                   {"faiss_index": "ann", "ann": AnnOptions(candidates=10**6)}):
         with Searcher(index, **kwargs) as other:
-            if "memory_budget_gb" in kwargs:
-                assert other.dense.client.run(lambda: None)     # workers alive
+            assert other.dense.plan.where == ("process" if "workers" not in kwargs
+                                              else "local-cluster")
+            assert other.dense.kind == kwargs.get("faiss_index", "exact")
             got = [other.search(p, t, k=10, mode="trackstar").trackstar for p, t in QUERIES]
         for a, b in zip(got, want):
             assert [h.id for h in a] == [h.id for h in b]
@@ -170,17 +175,17 @@ def test_other_normals_are_refused(index, monkeypatch):
 
 def test_cli_search(index, tmp_path):
     out = tda("search", "Allan Peiper was born in", "--target", " Alexandra", "--index",
-              str(index), "-k", "3", "--json", "--workers", "1")
+              str(index), "-k", "3", "--json")               # in process: no cluster
     resp = json.loads(out.stdout)
     assert resp["target"] == " Alexandra" and len(resp["trackstar"]) == 3
     queries = tmp_path / "q.jsonl"
     queries.write_text("".join(json.dumps({"prompt": p, "target": t}) + "\n" for p, t in QUERIES))
     out = tda("search", "--queries", str(queries), "--index", str(index), "--json",
-              "--workers", "1", "--mode", "bm25")
+              "--mode", "bm25")
     lines = [json.loads(x) for x in out.stdout.splitlines()]
     assert [x["prompt"] for x in lines] == [p for p, _ in QUERIES]
     table = tda("search", "Allan Peiper was born in", "--target", " Alexandra", "--index",
-                str(index), "-k", "2", "--workers", "1")
+                str(index), "-k", "2", "--workers", "1")      # and on a dask worker
     assert "TrackStar" in table.stdout and "BM25" in table.stdout
     queries.write_text('{"prompt": "a", "target": " b"}\n{"prompt": ""}\n')
     bad = tda("search", "--queries", str(queries), "--index", str(index), check=False)
@@ -256,7 +261,7 @@ def test_cli_search_pair_format(searcher, index, tmp_path):
 def server(index):
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "tda.cli", "serve", str(index), "--port",
-                             str(port), "--token", "s3cret", "--workers", "1", "--max-k", "20"],
+                             str(port), "--token", "s3cret", "--max-k", "20"],
                             env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
     url = f"http://127.0.0.1:{port}"
@@ -288,6 +293,32 @@ def test_client_equals_searcher(server, searcher):
                                            [h.score for h in getattr(b, name)], rtol=SCORE_RTOL)
         assert client.document("s0") == searcher.document("s0")
         assert client.info()["examples"] == searcher.info()["examples"]
+
+
+def _same(a, b) -> None:
+    for name in ("trackstar", "bm25", "fused"):
+        x, y = getattr(a, name), getattr(b, name)
+        assert [(h.id, h.snippet, h.ranks) for h in x] == [(h.id, h.snippet, h.ranks) for h in y]
+        assert [h.score for h in x] == [h.score for h in y]
+
+
+def test_batch_equals_per_query(server, searcher):
+    """search_many, POST /search/batch and the client's search_many: each response is the one
+    its request gets alone (one pass for all, mixed modes, k and a profile-less default)."""
+    from tda import SearchClient
+    from tda.schemas.search import SearchRequest
+    reqs = [SearchRequest(prompt=p, target=t, k=k, mode=m) for (p, t), k, m in
+            zip(QUERIES * 3, (3, 10, 1, 7, 5, 12, 2, 9, 4),
+                ("trackstar", "both", "fused", "bm25", None, "trackstar", "both", None,
+                 "trackstar"))]
+    alone = [searcher.search_many([r])[0] for r in reqs]
+    batch = searcher.search_many(reqs)
+    with SearchClient(server, token="s3cret") as client:
+        remote = client.search_many(reqs)
+    for a, b, c in zip(alone, batch, remote):
+        _same(a, b)
+        _same(a, c)
+    assert batch[4].mode == "both"                   # the index has BM25: both by default
 
 
 def test_server_auth_limits_and_concurrency(server):
