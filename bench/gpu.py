@@ -149,8 +149,10 @@ def part_single(args) -> dict:
         model = AutoModelForCausalLM.from_config(llama_config(args.cpu_tiny),
                                                  dtype=getattr(torch, dtype)).eval()
     track = TrackStarConfig(max_len=size["max_len"], projection_dim=16, dtype=dtype)
+    from tda.engine.tracking import candidate_weights   # random ids, no tokenizer to probe with
     featurizer = Featurizer(model, types.SimpleNamespace(pad_token_id=0, eos_token_id=2), track,
-                            optimizer_state=unit_moments(model))
+                            optimizer_state=unit_moments(model),
+                            tracking=candidate_weights(model, track))
     rows = size["batch_tokens"] // size["max_len"]
     batches = random_batches(size["batches"], rows, size["max_len"],
                              model.config.vocab_size, seed=0)
@@ -190,8 +192,10 @@ def part_fsdp(args) -> dict:
         params = sum(p.numel() for p in model.parameters())
         model = D.fully_shard_model(model, ranks)
         track = TrackStarConfig(max_len=size["max_len"], projection_dim=16, dtype=dtype)
+        from tda.engine.tracking import candidate_weights   # no tokenizer to probe with
         featurizer = Featurizer(model, types.SimpleNamespace(pad_token_id=0, eos_token_id=2),
-                                track, optimizer_state=moments)
+                                track, optimizer_state=moments,
+                                tracking=candidate_weights(model, track))
         rows = size["batch_tokens"] // size["max_len"]
         batches = random_batches(size["batches"], rows, size["max_len"], llama_config(
             args.cpu_tiny).vocab_size, seed=1 + ranks.rank)

@@ -136,18 +136,22 @@ def _trace_peak(config, track: TrackStarConfig, rows: int, tokens: int, seed: in
     from transformers import AutoModelForCausalLM
 
     from tda.engine.featurizer import Featurizer
-    from tda.engine.model import TORCH_DTYPES, tracked_weights
+    from tda.engine.model import TORCH_DTYPES
+    from tda.engine.tracking import candidate_weights
     from tda.engine.second_moments import Moment, SecondMoments
 
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, dtype=TORCH_DTYPES[track.dtype]).eval()
+    dtype = "float32" if track.dtype == "auto" else track.dtype   # a random model: no checkpoint
+    track = track.replace(dtype=dtype)
+    model = AutoModelForCausalLM.from_config(config, dtype=TORCH_DTYPES[dtype]).eval()
+    tracking = candidate_weights(model, track)     # no probe: there is no real tokenizer here
     moments = None
     if track.correction != "none":
         moments = SecondMoments({w.param_name: Moment(full=torch.ones(
             tuple(dict(model.named_parameters())[w.param_name].shape), dtype=torch.float64))
-            for w in tracked_weights(model, track)}, source="plan trace")
+            for w in tracking.weights}, source="plan trace")
     tokenizer = types.SimpleNamespace(pad_token_id=0, eos_token_id=0)
-    featurizer = Featurizer(model, tokenizer, track, optimizer_state=moments)
+    featurizer = Featurizer(model, tokenizer, track, optimizer_state=moments, tracking=tracking)
     gen = torch.Generator().manual_seed(seed)
     seqs = [TokenSequence(tuple(torch.randint(1, config.vocab_size, (tokens - (r == rows - 1
                                                                             and rows > 1),),

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tda.errors import ConfigError, ModelError
-from tda.schemas.config import TrackStarConfig
+from tda.schemas.config import MAX_LEN_CAP, TrackStarConfig
 from tda.schemas.corpus import CorpusOptions
 from tda.schemas.options import IndexOptions, PlanOptions
 
@@ -131,19 +131,21 @@ def model_shape(source: str, track: TrackStarConfig):
     from torch import nn
     from transformers import AutoModelForCausalLM
 
-    from tda.engine.model import TORCH_DTYPES, tracked_weights
+    from tda.engine.model import TORCH_DTYPES
     from tda.engine.optimizer_state import has_state_file
+    from tda.engine.tracking import candidate_weights
     from tda.indexer.distributed import transformer_blocks
 
     raw, where, directory = _read_config(source)
     config = model_config(raw, where)
     try:
         with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config, dtype=TORCH_DTYPES[track.dtype])
+            model = AutoModelForCausalLM.from_config(
+                config, dtype=TORCH_DTYPES[_compute_dtype(track, raw)])
     except (ValueError, TypeError, KeyError, AttributeError) as e:
         raise ModelError(f"{where}: transformers cannot build a causal LM from it "
                         f"({type(e).__name__}: {e})") from None
-    tracked = tracked_weights(model, track)
+    tracked = candidate_weights(model, track).weights   # structure only: no probe on meta
     params = list(model.parameters())
     blocks = transformer_blocks(model)
     block_sizes = [sum(p.numel() for p in b.parameters()) for b in blocks] or [0]
@@ -166,13 +168,20 @@ def model_shape(source: str, track: TrackStarConfig):
         two_d_rows_cols=sum(p.shape[0] + p.shape[1] for p in matrices),
         largest_two_d=max((p.numel() for p in matrices), default=0),
         tracked_weights=len(tracked),
-        tracked_parameters=sum(w.out_features * w.in_features for w in tracked),
-        projection_values=sum((w.out_features + w.in_features) * m * k for w in tracked),
+        tracked_parameters=sum(w.numel for w in tracked),
+        projection_values=sum(max(w.experts, 1) * (w.out_features + w.in_features) * m * k
+                              for w in tracked),
         dim=len(tracked) * m * k * k, attention_width=heads * head_dim,
         max_positions=positions, saved_dtype=_saved_dtype(raw), has_optimizer_state=optimizer, tokenizer_dir=tokenizer_dir)
-    if positions is not None and track.max_len > positions:
+    if positions is not None and track.max_len is not None and track.max_len > positions:
         raise ConfigError(f"max_len={track.max_len} exceeds the model's {positions} positions")
     return shape, config
+
+
+def _compute_dtype(track: TrackStarConfig, raw: dict) -> str:
+    """The dtype the featurizer computes in: the config's, or for "auto" the checkpoint's
+    (float32 when the config does not say)."""
+    return track.dtype if track.dtype != "auto" else (_saved_dtype(raw) or "float32")
 
 
 def _saved_dtype(raw: dict) -> str | None:
@@ -292,6 +301,9 @@ def make_plan(model: str, files: list[str], plan: PlanOptions = PlanOptions(),
     from tda.engine.memory import activation_profile
 
     shape, config = model_shape(model, track)
+    track = track.replace(   # as `tda index` resolves them (engine.featurizer.resolve_config)
+        dtype=track.dtype if track.dtype != "auto" else (shape.saved_dtype or "float32"),
+        max_len=track.max_len or min(shape.max_positions or MAX_LEN_CAP, MAX_LEN_CAP))
     corpus = corpus_size(files, plan, track, corpus_options, shape.tokenizer_dir)
     world = plan.world
     wbytes = DTYPE_BYTES[track.dtype]
