@@ -141,12 +141,13 @@ class Searcher:
                 raise ProfileMissing(f"{self.index}: no profile {r.profile!r} "
                                      f"(profiles: {self.profiles() or 'none'})")
         out: list[list[Hit]] = [[] for _ in requests]
-        rows = [i for i, r in enumerate(requests) if r.mode != "bm25"]
+        modes = [self._mode(r) for r in requests]
+        rows = [i for i, mode in enumerate(modes) if mode != "bm25"]
         if not rows:
             return out
         if self.encoder is None:
             raise QueryError("this Searcher was opened without a model: BM25 only")
-        targets, _ = self._targets([requests[i] for i in rows])
+        targets, _ = self._targets([requests[i] for i in rows], [modes[i] for i in rows])
         q = self.encoder.encode([(requests[i].prompt, t) for i, t in zip(rows, targets)])
         for profile in dict.fromkeys(requests[i].profile for i in rows):
             sel = [j for j, i in enumerate(rows) if requests[i].profile == profile]
