@@ -141,7 +141,7 @@ def model_shape(source: str, track: TrackStarConfig):
     try:
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(
-                config, dtype=TORCH_DTYPES[_compute_dtype(track, raw)])
+                config, dtype=TORCH_DTYPES[_compute_dtype(track, _saved_dtype(raw))])
     except (ValueError, TypeError, KeyError, AttributeError) as e:
         raise ModelError(f"{where}: transformers cannot build a causal LM from it "
                         f"({type(e).__name__}: {e})") from None
@@ -178,10 +178,10 @@ def model_shape(source: str, track: TrackStarConfig):
     return shape, config
 
 
-def _compute_dtype(track: TrackStarConfig, raw: dict) -> str:
+def _compute_dtype(track: TrackStarConfig, saved: str | None) -> str:
     """The dtype the featurizer computes in: the config's, or for "auto" the checkpoint's
-    (float32 when the config does not say)."""
-    return track.dtype if track.dtype != "auto" else (_saved_dtype(raw) or "float32")
+    ``saved`` dtype (float32 when the config does not say)."""
+    return track.dtype if track.dtype != "auto" else (saved or "float32")
 
 
 def _saved_dtype(raw: dict) -> str | None:
@@ -302,7 +302,7 @@ def make_plan(model: str, files: list[str], plan: PlanOptions = PlanOptions(),
 
     shape, config = model_shape(model, track)
     track = track.replace(   # as `tda index` resolves them (engine.featurizer.resolve_config)
-        dtype=track.dtype if track.dtype != "auto" else (shape.saved_dtype or "float32"),
+        dtype=_compute_dtype(track, shape.saved_dtype),
         max_len=track.max_len or min(shape.max_positions or MAX_LEN_CAP, MAX_LEN_CAP))
     corpus = corpus_size(files, plan, track, corpus_options, shape.tokenizer_dir)
     world = plan.world

@@ -154,13 +154,7 @@ class Searcher:
             qp = q[sel] if profile is None else self._profile(profile).transform(q[sel])
             res = self.dense.search(-qp, n, profile)
             for row, j in enumerate(sel):
-                found = [(-float(s), int(sh), int(rw)) for s, sh, rw in
-                         zip(res.scores[row], res.shards[row], res.rows[row]) if sh >= 0]
-                recs = self.rows.fields([(sh, rw) for _, sh, rw in found],
-                                        ("ids", "doc_ids", "text"))
-                out[rows[j]] = [self._hit(rec["ids"], rec["doc_ids"], rec["text"], sc,
-                                          {"opponents": i + 1})
-                                for i, ((sc, _, _), rec) in enumerate(zip(found, recs))]
+                out[rows[j]] = self._ranked_hits(res, row, "opponents", sign=-1.0)
         return out
 
     def search_vectors(self, vectors: np.ndarray, k: int = 10,
@@ -174,15 +168,20 @@ class Searcher:
                                      f"(profiles: {self.profiles() or 'none'})")
             vectors = self._profile(profile).transform(vectors)
         res = self.dense.search(vectors, k, profile)
-        out = []
-        for row in range(vectors.shape[0]):
-            hits = [(float(sc), int(sh), int(rw)) for sc, sh, rw in
-                    zip(res.scores[row], res.shards[row], res.rows[row]) if sh >= 0]
-            recs = self.rows.fields([(sh, rw) for _, sh, rw in hits], ("ids", "doc_ids", "text"))
-            out.append([self._hit(rec["ids"], rec["doc_ids"], rec["text"], sc,
-                                  {"trackstar": i + 1, "bm25": None, "fused": None})
-                        for i, ((sc, _, _), rec) in enumerate(zip(hits, recs))])
-        return out
+        return [self._ranked_hits(res, row, "trackstar", empty=("bm25", "fused"))
+                for row in range(vectors.shape[0])]
+
+    def _ranked_hits(self, res, row: int, name: str, sign: float = 1.0,
+                     empty: tuple[str, ...] = ()) -> list[Hit]:
+        """Hits of row ``row`` of a dense result, in its order, with their texts read by row;
+        ``ranks``: 1-based position under ``name`` (None under each of ``empty``); scores
+        times ``sign`` (the opponents' search negates the query)."""
+        found = [(sign * float(s), int(sh), int(rw)) for s, sh, rw in
+                 zip(res.scores[row], res.shards[row], res.rows[row]) if sh >= 0]
+        recs = self.rows.fields([(sh, rw) for _, sh, rw in found], ("ids", "doc_ids", "text"))
+        return [self._hit(rec["ids"], rec["doc_ids"], rec["text"], sc,
+                          {name: i + 1, **dict.fromkeys(empty)})
+                for i, ((sc, _, _), rec) in enumerate(zip(found, recs))]
 
     def document(self, doc_id: str) -> IndexedExample:
         """One indexed example by its example id (DOCID or DOCID#N): text, tokens and loss

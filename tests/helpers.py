@@ -16,6 +16,16 @@ def sentences(n: int, relations=None) -> list[str]:
     return read_sentences(LAMA, n, relations)
 
 
+def bpe_and_short_texts(n_sentences: int, n_train: int, n_held: int, max_tokens: int = 24):
+    """(a 512-token BPE trained on ``n_sentences`` real sentences, the first ``n_train`` and
+    last ``n_held`` of those at most ``max_tokens`` tokens long)."""
+    from tda.evaluation.tokenizer import train_bpe_tokenizer
+    texts = sentences(n_sentences)
+    tok = train_bpe_tokenizer(texts, vocab_size=512)
+    short = [s for s in texts if len(tok(s)["input_ids"]) <= max_tokens]
+    return tok, short[:n_train], short[-n_held:]
+
+
 def fact_sentences(n: int, relations=("P19", "P1412", "P176", "P140"), skip: int = 0):
     """(fact, one sentence stating it) for ``n`` facts taken round-robin from ``relations``,
     distinct sentences, after skipping the first ``skip`` facts of each relation."""

@@ -18,11 +18,7 @@ from tda.tests import reference
 @pytest.fixture(scope="module")
 def tok_and_texts():
     from tda.tests import helpers
-    from tda.evaluation.tokenizer import train_bpe_tokenizer
-    sentences = helpers.sentences(1000)
-    tok = train_bpe_tokenizer(sentences, vocab_size=512)
-    short = [s for s in sentences if len(tok(s)["input_ids"]) <= 24]
-    return tok, short[:12], short[-2:]
+    return helpers.bpe_and_short_texts(1000, 12, 2)
 
 
 _MODELS: dict = {}
