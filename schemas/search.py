@@ -26,6 +26,31 @@ class SearchRequest(BaseModel):
                                                 "trackstar.")
     profile: str | None = Field(None, description="Correction profile (tda precondition); "
                                                   "none: unit-normalized vectors as indexed.")
+    explain: bool = Field(False, description="Token salience for each TrackStar hit: how much "
+                                             "each of its tokens adds to its score.")
+
+
+class Span(BaseModel):
+    """A stretch of an example's text and what it adds to the hit's score."""
+
+    start: int = Field(..., description="First character, an offset into Salience.text.")
+    end: int = Field(..., description="One past the last character (start == end for a "
+                                      "special token such as BOS, which has no text).")
+    value: float = Field(..., description="Its contribution to the score (same units).")
+
+
+class Salience(BaseModel):
+    """Where a TrackStar hit's score comes from, token by token: the contributions add up to
+    ``score``, the hit's score recomputed from the example's tokens."""
+
+    method: str = Field(..., description="How the score is split into per-token terms.")
+    text: str = Field(..., description="The example's whole text as indexed.")
+    score: float = Field(..., description="Sum of the token contributions: the hit's score "
+                                          "recomputed (equal to it up to the index's storage "
+                                          "precision).")
+    tokens: list[Span] = Field(..., description="One span per token of the example, in order.")
+    words: list[Span] = Field(..., description="The tokens summed over whitespace-separated "
+                                               "words (what the viewer draws).")
 
 
 class Hit(BaseModel):
@@ -39,6 +64,8 @@ class Hit(BaseModel):
     ranks: dict[str, int | None] = Field(
         ..., description="1-based rank in each list (trackstar, bm25, fused); null when the "
                          "example is not in that list's top k.")
+    salience: Salience | None = Field(None, description="Per-token contributions to the "
+                                                        "score (TrackStar hits, explain=true).")
 
 
 class SearchResponse(BaseModel):
