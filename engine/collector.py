@@ -64,7 +64,13 @@ class SiteHooks:
     """Context manager hooking every site of ``weights``: subclasses get each use's input in
     the forward (``forward_*``, returning what the backward needs) and its output gradient in
     the backward (``backward_*``). Inputs and gradients arrive as [batch, tokens, *] with pad
-    rows zeroed (experts: [n, *] over the routed tokens, with their batch index)."""
+    rows zeroed (experts: [n, *] over the routed tokens, with their batch index). A subclass
+    that zeroes pad rows itself after projecting them (``mask_raw = False``) gets the raw
+    inputs and gradients, pad rows as they are: zeroing [B, T, k] after a projection costs
+    k / width of zeroing the [B, T, width] tensors, a full pass per use that the forward and
+    backward themselves do not pay."""
+
+    mask_raw = True
 
     def __init__(self, weights: list[TrackedWeight], input_embeddings: torch.nn.Module,
                  dtype: torch.dtype):
@@ -134,7 +140,8 @@ class SiteHooks:
             if site.kind == "lookup":
                 x = inputs[0]                                       # ids [B, T]
             else:
-                x = self._masked(inputs[0].reshape(B, T, -1).to(self.dtype))
+                x = inputs[0].reshape(B, T, -1).to(self.dtype)
+                x = self._masked(x) if self.mask_raw else x
             ctx = self.forward_site(w, site, x)
         self.outputs.append(out)
         out.register_hook(partial(self._module_backward, w, site, ctx))
@@ -143,7 +150,8 @@ class SiteHooks:
     def _module_backward(self, w: TrackedWeight, site: Site, ctx, grad: torch.Tensor):
         B, T = self.mask.shape
         with self._no_autocast(grad.device):
-            g = self._masked(grad.reshape(B, T, -1).to(self.dtype))
+            g = grad.reshape(B, T, -1).to(self.dtype)
+            g = self._masked(g) if self.mask_raw else g
             if site.scale != 1.0:
                 g = g * site.scale
             self.backward_site(w, site, ctx, g)
@@ -206,7 +214,12 @@ def expert_gradient(w: TrackedWeight, batch: int, batch_idx: torch.Tensor, x: to
 
 class GradientCollector(SiteHooks):
     """After ``backward`` on the summed per-example losses, ``features()`` holds phi for each
-    example. ``token_sink`` (optional) receives every token's projected terms."""
+    example. ``token_sink`` (optional) receives every token's projected terms. Pad rows are
+    zeroed after projection (``mask_raw = False``): both factors u and v of every pad row,
+    so a pad row holding NaN or inf contributes nothing; the exact path zeroes the raw rows
+    it multiplies."""
+
+    mask_raw = False
 
     def __init__(self, projectors: list[WeightProjector], input_embeddings: torch.nn.Module,
                  token_sink: TokenSink | None = None):
@@ -236,7 +249,7 @@ class GradientCollector(SiteHooks):
     def forward_site(self, w, site, x):
         proj = self.by_name[w.name]
         if proj.denominator is not None:
-            return x
+            return x if site.kind == "lookup" else self._masked(x)
         p = proj.p_in if site.input_side == "in" else proj.p_out
         return p[x] if site.kind == "lookup" else self._masked(x @ p)    # [B, T, m*k]
 
@@ -245,10 +258,10 @@ class GradientCollector(SiteHooks):
         m, k = proj.blocks, proj.k
         B, T = g.shape[:2]
         if proj.denominator is not None:
-            self._add_exact(proj, site_gradient(w, site, ctx, g))
+            self._add_exact(proj, site_gradient(w, site, ctx, self._masked(g)))
             return
         p = proj.p_out if site.input_side == "in" else proj.p_in
-        gp = g @ p                                                      # [B, T, m*k]
+        gp = self._masked(g @ p)                                        # [B, T, m*k]
         xp = ctx if site.kind != "lookup" else self._masked(ctx)
         u, v = (gp, xp) if site.input_side == "in" else (xp, gp)
         u, v = u.view(B, T, m, k), v.view(B, T, m, k)
