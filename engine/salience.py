@@ -84,6 +84,10 @@ def token_contributions(featurizer, seqs: Sequence[TokenSequence], queries: np.n
 
     def token_sink(name, batch_idx, position, u, v):
         u, v = u.double(), v.double()                                # [n, m, k]
+        if len(wanted) == 1:                                         # one query: no masks
+            c = torch.einsum("nmi,mij,nmj->n", u, blocks(name, wanted[0]), v)
+            acc.index_put_((batch_idx, position), c, accumulate=True)
+            return
         for j in wanted:
             rows = which[batch_idx] == j
             if not bool(rows.any()):

@@ -194,7 +194,7 @@ def test_chunk_tokens_are_rebuilt_with_the_indexed_length(gpt2_dir):
     from tda.schemas.corpus import Document
     from tda.tests import helpers
     _, tok = load_model(gpt2_dir)
-    doc = Document(id="long", text=" ".join(helpers.sentences(12)))
+    doc = Document(id="long", text=" ".join(helpers.sentences(12)), source="t", line=1)
     chunks = chunk_document(doc, tok, 40)
     assert len(chunks) > 2
     for ex in chunks:
