@@ -233,7 +233,7 @@ def search_cmd(prompt, **kw):
     if (prompt is None) == (cmd.queries is None):
         raise click.UsageError("give a PROMPT or --queries FILE (one of them)")
     defaults = {"target": kw["target"], "k": kw["k"], "mode": kw["mode"],
-                "profile": kw["profile"]}
+                "profile": kw["profile"], "explain": kw["explain"]}
     if cmd.queries:
         from tda.schemas.queries import read_queries
         queries = read_queries(cmd.queries)
@@ -264,9 +264,10 @@ def search_cmd(prompt, **kw):
         for r in responses:
             click.echo(r.model_dump_json())
         return
-    from tda.searcher.render import render
+    from tda.searcher.render import render, render_salience
     for r in responses:
         render(r)
+        render_salience(r)
 
 
 def _search_options(kw: dict) -> SearchOptions:
@@ -291,7 +292,7 @@ def _query_request(q, defaults: dict) -> SearchRequest:
     return _request(f"{q.source}:{q.line}", **{
         **defaults, "prompt": q.prompt,
         **({"target": q.target} if q.target is not None else {}),
-        **{k: q.extra[k] for k in ("k", "mode", "profile") if k in q.extra}})
+        **{k: q.extra[k] for k in ("k", "mode", "profile", "explain") if k in q.extra}})
 
 
 @cli.command("verify")

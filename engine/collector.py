@@ -37,6 +37,39 @@ TokenSink = Callable[[str, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tenso
 
 
 @dataclass
+class ExactTerms:
+    """The exact path's per-token terms of one use of a tracked weight: token n adds
+    ``delta[n] a[n]^T`` to G (before the elementwise division by sqrt(V) + eps), never
+    materialized per token. ``kind``: 'linear' (delta [n, out], a [n, in]), 'lookup' with
+    ``input_side`` 'in' (a holds ids [n]: a_n = e_id) or 'out' (delta holds ids [n]: delta_n =
+    e_id, the tied orientation), 'experts' (expert ``expert``'s routed tokens). ``batch_idx``
+    [n] and ``position`` [n] place each token."""
+
+    name: str
+    kind: str
+    input_side: str
+    expert: int | None
+    batch_idx: torch.Tensor
+    position: torch.Tensor
+    delta: torch.Tensor
+    a: torch.Tensor
+
+    def contract(self, W: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """delta_n^T W a_n [n] (or over the tokens ``rows`` [n] bool selects) for W [out, in]
+        in W's dtype: the per-token term of <W, G> without forming any [out, in] per token."""
+        d, a = (self.delta, self.a) if rows is None else (self.delta[rows], self.a[rows])
+        if self.kind == "lookup" and self.input_side == "in":
+            return (d.to(W.dtype) * W.T[a]).sum(-1)
+        if self.kind == "lookup":
+            return (W[d] * a.to(W.dtype)).sum(-1)
+        return ((d.to(W.dtype) @ W) * a.to(W.dtype)).sum(-1)
+
+
+# exact_sink(terms): the exact path's per-token terms (ExactTerms), one call per use and batch
+ExactSink = Callable[[ExactTerms], None]
+
+
+@dataclass
 class WeightProjector:
     """What one tracked weight needs: ``p_out`` [out, blocks*k] and ``p_in`` [in, blocks*k]
     (with the factored correction folded in; [experts, *, blocks*k] for an expert bank), or for
@@ -214,20 +247,22 @@ def expert_gradient(w: TrackedWeight, batch: int, batch_idx: torch.Tensor, x: to
 
 class GradientCollector(SiteHooks):
     """After ``backward`` on the summed per-example losses, ``features()`` holds phi for each
-    example. ``token_sink`` (optional) receives every token's projected terms. Pad rows are
-    zeroed after projection (``mask_raw = False``): both factors u and v of every pad row,
-    so a pad row holding NaN or inf contributes nothing; the exact path zeroes the raw rows
-    it multiplies."""
+    example. ``token_sink`` (optional) receives every token's projected terms (the factored
+    and no-correction paths); ``exact_sink`` (optional) every token's raw terms on the exact
+    path (ExactTerms: the sum over tokens of delta_t a_t^T is G). Pad rows are zeroed after
+    projection (``mask_raw = False``): both factors u and v of every pad row, so a pad row
+    holding NaN or inf contributes nothing; the exact path zeroes the raw rows it multiplies."""
 
     mask_raw = False
 
     def __init__(self, projectors: list[WeightProjector], input_embeddings: torch.nn.Module,
-                 token_sink: TokenSink | None = None):
+                 token_sink: TokenSink | None = None, exact_sink: ExactSink | None = None):
         dtype = projectors[0].p_out.dtype if projectors else torch.float32
         super().__init__([p.weight for p in projectors], input_embeddings, dtype)
         self.projectors = projectors
         self.by_name = {p.weight.name: p for p in projectors}
         self.token_sink = token_sink
+        self.exact_sink = exact_sink
         self._phi: dict[str, torch.Tensor] = {}
 
     def start(self, mask: torch.Tensor) -> None:
@@ -258,7 +293,10 @@ class GradientCollector(SiteHooks):
         m, k = proj.blocks, proj.k
         B, T = g.shape[:2]
         if proj.denominator is not None:
-            self._add_exact(proj, site_gradient(w, site, ctx, self._masked(g)))
+            g = self._masked(g)
+            if self.exact_sink is not None:
+                self._exact_terms(w, site, ctx, g)
+            self._add_exact(proj, site_gradient(w, site, ctx, g))
             return
         p = proj.p_out if site.input_side == "in" else proj.p_in
         gp = self._masked(g @ p)                                        # [B, T, m*k]
@@ -280,6 +318,10 @@ class GradientCollector(SiteHooks):
         proj = self.by_name[w.name]
         B = self.mask.shape[0]
         if proj.denominator is not None:
+            if self.exact_sink is not None:
+                T = self.mask.shape[1]
+                self.exact_sink(ExactTerms(w.name, "experts", "in", e, batch_idx,
+                                           token_idx % T, g, ctx))
             self._add_exact(proj, expert_gradient(w, B, batch_idx, ctx, g), e)
             return
         m, k = proj.blocks, proj.k
@@ -290,6 +332,20 @@ class GradientCollector(SiteHooks):
             self.token_sink(w.name, batch_idx, token_idx % T, u, v)
         phi = u.new_zeros((B, m, k, k))
         self._add(w.name, phi.index_add_(0, batch_idx, u.unsqueeze(3) * v.unsqueeze(2)))
+
+    def _exact_terms(self, w, site, x, g) -> None:
+        """Hand a dense use's per-token terms to the exact sink: x [B, T, in] (ids [B, T] for
+        a lookup), g [B, T, *] (scaled)."""
+        B, T = g.shape[:2]
+        batch_idx = torch.arange(B, device=g.device).repeat_interleave(T)
+        pos = torch.arange(T, device=g.device).repeat(B)
+        g, x = g.flatten(0, 1), x.flatten(0, 1)
+        if site.kind == "lookup" and site.input_side == "out":
+            delta, a = x, g          # G = e_id g^T in the tied head's orientation
+        else:
+            delta, a = g, x
+        self.exact_sink(ExactTerms(w.name, site.kind, site.input_side, None, batch_idx, pos,
+                                   delta, a))
 
     # ---------------------------------------------------------------- accumulation
     def _add_exact(self, proj: WeightProjector, G: torch.Tensor, expert: int | None = None):

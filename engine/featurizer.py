@@ -13,7 +13,7 @@ from torch import nn
 
 from tda.engine.batching import (TokenBatch, TokenSequence, collate, example_sequence, pad_id,
                                  per_example_loss, query_sequence)
-from tda.engine.collector import GradientCollector, TokenSink, WeightProjector
+from tda.engine.collector import ExactSink, GradientCollector, TokenSink, WeightProjector
 from tda.engine.projection import projection_digest, projection_matrix
 from tda.engine.second_moments import Moment, SecondMoments, load_second_moments
 from tda.engine.tracking import (TrackedWeight, Tracking, candidate_weights, probe,
@@ -155,15 +155,18 @@ class Featurizer:
         brute force; ``featurize`` is this, cast to float32 and normalized, in batches."""
         return self.raw_features(collate(list(seqs), self.pad_id, pad_side))[0]
 
-    def raw_features(self, batch: TokenBatch, token_sink: TokenSink | None = None
+    def raw_features(self, batch: TokenBatch, token_sink: TokenSink | None = None,
+                     exact_sink: ExactSink | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor]:
         """(phi [batch, d] un-normalized in the compute dtype, summed loss per row [batch]) for
         a padded batch: one forward, one backward through the activations only, with every
         weight frozen (no ``.grad`` is ever written). ``token_sink`` receives every token's
-        projected terms (engine.collector.TokenSink)."""
+        projected terms (engine.collector.TokenSink), ``exact_sink`` the exact correction's raw
+        per-token terms (engine.collector.ExactTerms)."""
         batch = batch.to(self.device)
         with self._frozen_weights(), GradientCollector(
-                self.projectors, self.model.get_input_embeddings(), token_sink) as collector, \
+                self.projectors, self.model.get_input_embeddings(), token_sink,
+                exact_sink) as collector, \
                 torch.enable_grad():
             collector.start(batch.attention_mask)
             logits = self.model(**batch.model_inputs()).logits

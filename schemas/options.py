@@ -321,9 +321,13 @@ class ServerLimits:
     max_query_chars: int = doc("Longest prompt + target, in characters.", default=2000)
     max_body_bytes: int = doc("Largest request body, in bytes.", default=16384)
     max_batch: int = doc("Most queries in one POST /search/batch.", default=256)
+    max_explain_hits: int = doc("Most TrackStar hits one call may explain (the sum of k over "
+                                "its requests with explain): their salience is one forward "
+                                "and backward over all of them.", default=50)
 
     def __post_init__(self) -> None:
-        _positive(self, "max_k", "max_query_chars", "max_body_bytes", "max_batch")
+        _positive(self, "max_k", "max_query_chars", "max_body_bytes", "max_batch",
+                  "max_explain_hits")
 
 
 @dataclass(frozen=True)

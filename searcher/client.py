@@ -29,14 +29,17 @@ class SearchClient:
         return resp.json()
 
     def search(self, prompt: str, target: str | None = None, k: int = 10,
-               mode: str | None = None, profile: str | None = None) -> SearchResponse:
+               mode: str | None = None, profile: str | None = None,
+               explain: bool = False) -> SearchResponse:
         """As ``tda.Searcher.search`` (same arguments, same SearchResponse), over HTTP: which
         training examples made the model say ``target`` after ``prompt``? ``target`` None:
         the model's greedy continuation; ``k`` results per list; ``mode`` trackstar | bm25 |
         both | fused (default: both when the index has BM25, else trackstar); ``profile`` a
-        correction profile or None. ServerError (HTTP 400) for a request the index cannot
+        correction profile or None; ``explain`` token salience on each TrackStar hit
+        (``hit.salience``). ServerError (HTTP 400) for a request the index cannot
         answer or over the server's limits."""
-        req = SearchRequest(prompt=prompt, target=target, k=k, mode=mode, profile=profile)
+        req = SearchRequest(prompt=prompt, target=target, k=k, mode=mode, profile=profile,
+                            explain=explain)
         return SearchResponse.model_validate(self._call("POST", "/search",
                                                         json=req.model_dump()))
 

@@ -80,7 +80,8 @@ class Searcher:
 
     # ------------------------------------------------------------------ API
     def search(self, prompt: str, target: str | None = None, k: int = 10,
-               mode: str | None = None, profile: str | None = None) -> SearchResponse:
+               mode: str | None = None, profile: str | None = None,
+               explain: bool = False) -> SearchResponse:
         """Which training examples made the model say ``target`` after ``prompt``?
 
         ``target`` None: the model's greedy continuation (``target_generated`` in the
@@ -88,17 +89,21 @@ class Searcher:
         vectors, in [-1, 1]), 'bm25' (BM25 over prompt + target), 'both' (the two lists and
         their fusion) or 'fused' (reciprocal-rank fusion only); default: 'both' when the index
         has BM25, else 'trackstar'. ``profile``: a correction profile (``tda precondition``),
-        None for the vectors as indexed. The response holds, per list, up to ``k`` Hits
-        (example id, document id, snippet, score, 1-based ranks in every list) and timings in
+        None for the vectors as indexed. ``explain``: each TrackStar hit also gets its token
+        salience (``hit.salience``: per-token contributions that sum to its score,
+        engine/salience.py). The response holds, per list, up to ``k`` Hits (example id,
+        document id, snippet, score, 1-based ranks in every list) and timings in
         milliseconds. QueryError for a request that cannot be answered (empty target, too
         long, unknown profile, no BM25 index)."""
         return self.search_many([SearchRequest(prompt=prompt, target=target, k=k, mode=mode,
-                                               profile=profile)])[0]
+                                               profile=profile, explain=explain)])[0]
 
     def search_many(self, requests: list[SearchRequest]) -> list[SearchResponse]:
         """Answer several requests with one batched query encoding and one dense pass per
         profile (one matrix product per block of vectors for all of them); each response
-        equals the one ``search`` gives for its request alone."""
+        equals the one ``search`` gives for its request alone. The TrackStar hits of every
+        request with ``explain`` get their salience from one forward and backward over all
+        of them together, with the query vectors exactly as scored."""
         t0 = time.perf_counter()
         modes = [self._mode(r) for r in requests]
         for r, mode in zip(requests, modes):
@@ -109,12 +114,13 @@ class Searcher:
         t1 = time.perf_counter()
         dense_rows = [i for i, mode in enumerate(modes) if mode != "bm25"]
         dense: dict[int, list[tuple[float, int, int]]] = {}
+        scored: dict[int, np.ndarray] = {}
         if dense_rows:
             if self.encoder is None:
                 raise QueryError("this Searcher was opened without a model: BM25 only")
             q = self.encoder.encode([(requests[i].prompt, targets[i]) for i in dense_rows])
             dense = self._dense(q, [requests[i] for i in dense_rows],
-                                [modes[i] for i in dense_rows], dense_rows)
+                                [modes[i] for i in dense_rows], dense_rows, scored)
         t2 = time.perf_counter()
         out = []
         for i, r in enumerate(requests):
@@ -123,12 +129,29 @@ class Searcher:
             out.append(self._response(r, modes[i], targets[i], generated[i], dense.get(i, []),
                                       bm))
         t3 = time.perf_counter()
-        for resp in out:
-            resp.warnings = list(self.dense.warnings)
+        notes = self._explain(requests, out, dense, scored)
+        t4 = time.perf_counter()
+        for r, resp in zip(requests, out):
+            resp.warnings = list(self.dense.warnings) + (notes if r.explain else [])
             resp.timings_ms = {"target": round((t1 - t0) * 1e3, 2),
                                "trackstar": round((t2 - t1) * 1e3, 2),
                                "bm25_and_merge": round((t3 - t2) * 1e3, 2)}
+            if r.explain:
+                resp.timings_ms["explain"] = round((t4 - t3) * 1e3, 2)
         return out
+
+    def _explain(self, requests, responses, dense, scored) -> list[str]:
+        """Salience on the TrackStar hits of the requests that ask for it: one batch over
+        all of them (searcher/explain.py); the warnings it had."""
+        from tda.searcher.explain import Job, explain
+        jobs = []
+        for i, (r, resp) in enumerate(zip(requests, responses)):
+            if not r.explain or not resp.trackstar:
+                continue
+            profile = None if r.profile is None else self._profile(r.profile)
+            for hit, (_, sh, rw) in zip(resp.trackstar, dense[i]):
+                jobs.append(Job(hit, sh, rw, scored[i], profile))
+        return explain(self.encoder, self.rows, jobs) if jobs else []
 
     def opponents(self, requests: list[SearchRequest], n: int = 10) -> list[list[Hit]]:
         """Per request, the ``n`` examples with the lowest TrackStar scores (most negative:
@@ -232,8 +255,10 @@ class Searcher:
     def _has_profile(self, name: str) -> bool:
         return name in self.profiles()
 
-    def _dense(self, q: np.ndarray, requests, modes, positions) -> dict:
-        """{request position: [(score, shard, row)]}: one dense pass per profile."""
+    def _dense(self, q: np.ndarray, requests, modes, positions,
+               scored: dict | None = None) -> dict:
+        """{request position: [(score, shard, row)]}: one dense pass per profile; ``scored``
+        gets {request position: its query vector as scored [d]} (profile applied)."""
         out = {}
         for profile in dict.fromkeys(r.profile for r in requests):
             rows = [j for j, r in enumerate(requests) if r.profile == profile]
@@ -241,6 +266,8 @@ class Searcher:
             depth = max(max(requests[j].k for j in rows), FUSION_DEPTH)
             res = self.dense.search(qp, depth, profile)
             for row, j in enumerate(rows):
+                if scored is not None:
+                    scored[positions[j]] = qp[row]
                 # a request's list does not depend on the others' k: cut to its own depth
                 want = requests[j].k if modes[j] == "trackstar" else \
                     max(requests[j].k, FUSION_DEPTH)

@@ -5,7 +5,7 @@ requests are served concurrently (query encoding and BM25 lookups take turns und
 fan-out runs in parallel on the dask workers). With a token, every endpoint but /health (and the
 OpenAPI schema and docs) needs ``Authorization: Bearer TOKEN`` (compared in constant time, and
 checked before a body is read). Limits: body size (counted as received, however it is framed),
-k, query length.
+k, query length, hits explained per call.
 """
 from __future__ import annotations
 
@@ -88,6 +88,11 @@ def create_app(searcher, token: str | None = None, limits: ServerLimits = Server
                                           f"{limits.max_batch} per batch")
             for req in requests:
                 check_limits(req, limits)
+            explained = sum(r.k for r in requests if r.explain)
+            if explained > limits.max_explain_hits:
+                raise ServerLimitExceeded(
+                    f"explain asks for the salience of {explained} hits: the limit is "
+                    f"{limits.max_explain_hits} per call (lower k, or explain fewer requests)")
             return searcher.search_many(requests)
         except TdaError as e:      # over a limit, bad query, unknown profile, no BM25
             raise HTTPException(400, str(e).splitlines()[0]) from None
