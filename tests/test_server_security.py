@@ -24,7 +24,9 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 MAX_BODY = 8192               # --max-body-bytes of the module's server
 MAX_K = 20                    # --max-k
 MAX_EXAMPLES = 50             # schemathesis examples per operation and generation mode
-PROTECTED = ("POST /search", "POST /search/batch", "GET /documents/{doc_id}", "GET /info")
+PROTECTED = ("POST /search", "POST /search/batch", "GET /documents/{doc_id}", "GET /info",
+             "GET /config", "GET /reports", "GET /reports/{run}/queries",
+             "GET /reports/{run}/queries/{example_id}")
 SENT: collections.Counter = collections.Counter()     # (run, operation, status) -> requests
 
 
