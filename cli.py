@@ -28,7 +28,7 @@ from tda.schemas.options import (AnnOptions, DemoCommand, DemoOptions, EvalRunCo
                                  InfoCommand, PlanCommand, PlanOptions, PrepareCommand,
                                  PrepareOptions, PreconditionCommand, PreconditionOptions,
                                  SearchCommand, SearchOptions, ServeCommand, ServerLimits,
-                                 TrainCommand, TrainOptions, VerifyCommand)
+                                 TrainCommand, TrainOptions, VerifyCommand, ViewCommand)
 from tda.schemas.search import SearchRequest
 
 
@@ -251,13 +251,14 @@ def search_cmd(prompt, **kw):
         if cmd.format == "pair":
             from tda.evaluation.pair_format import response_records
             opponents = searcher.opponents(requests, cmd.opponents) if cmd.opponents else None
+            known = _model_knows(searcher, queries)
             texts: dict[str, str] = {}
 
             def text_of(example_id: str) -> str:
                 if example_id not in texts:
                     texts[example_id] = searcher.document(example_id).text
                 return texts[example_id]
-            for rec in response_records(queries, responses, text_of, opponents):
+            for rec in response_records(queries, responses, text_of, opponents, known=known):
                 click.echo(json.dumps(rec.to_dict(), ensure_ascii=False))
             return
     if cmd.json:
@@ -268,6 +269,20 @@ def search_cmd(prompt, **kw):
     for r in responses:
         render(r)
         render_salience(r)
+
+
+def _model_knows(searcher, queries) -> list[bool | None] | None:
+    """Per query with a given target: is it the model's greedy continuation (None: no target,
+    or no model loaded, as for BM25 alone)."""
+    if searcher.encoder is None:
+        return None
+    from tda.evaluation.queries import knows
+    given = [q for q in queries if q.target is not None]
+    if not given:
+        return None
+    it = iter(knows(searcher.encoder.model, searcher.encoder.tokenizer, given,
+                    max_len=searcher.encoder.config.max_len or 256))
+    return [next(it) if q.target is not None else None for q in queries]
 
 
 def _search_options(kw: dict) -> SearchOptions:
@@ -350,23 +365,51 @@ def precondition_cmd(index, **kw):
 @options(SearchOptions)
 @options(AnnOptions)
 def serve_cmd(index, **kw):
-    """Serve INDEX over HTTP: POST /search, POST /search/batch, GET /documents/{id}, /info,
-    /health, OpenAPI at /openapi.json."""
+    """Serve INDEX over HTTP: the page at / (search, and reports with --reports), POST /search,
+    POST /search/batch, GET /documents/{id}, /info, /config, /reports, /health, OpenAPI at
+    /openapi.json."""
     from tda.searcher.searcher import Searcher
     from tda.searcher.server import serve
     cmd = pick(ServeCommand, kw)
     _setup(False)
-    if cmd.host not in ("127.0.0.1", "localhost", "::1") and not cmd.token:
-        _log().warning(f"serving on {cmd.host} without --token: anyone who can reach this "
-                       f"port can query the index")
+    _warn_exposed(cmd.host, cmd.token)
+    reports = _reports(cmd.reports) if cmd.reports else None
     searcher = Searcher(index, _search_options(kw))
     for w in searcher.dense.warnings:
         _log().warning(w)
-    _log().info(f"serving {index} on http://{cmd.host}:{cmd.port} (docs at /docs)")
+    _log().info(f"serving {index} on http://{cmd.host}:{cmd.port}/ (docs at /docs)")
     try:
-        serve(searcher, cmd.host, cmd.port, cmd.token, pick(ServerLimits, kw))
+        serve(searcher, cmd.host, cmd.port, cmd.token, pick(ServerLimits, kw), reports=reports)
     finally:
         searcher.close()
+
+
+@cli.command("view")
+@click.argument("reports")
+@options(ViewCommand)
+def view_cmd(reports, **kw):
+    """Show the report .jsonl files of directory REPORTS in the browser page (no index, no
+    model): the query list with per-query MRR, recall@10 and precision@10, a filter, one
+    query's proponents, two methods side by side. Open http://HOST:PORT/."""
+    from tda.searcher.server import serve
+    cmd = pick(ViewCommand, kw)
+    _setup(False)
+    _warn_exposed(cmd.host, cmd.token)
+    directory = _reports(reports)
+    _log().info(f"viewing {reports} on http://{cmd.host}:{cmd.port}/")
+    serve(None, cmd.host, cmd.port, cmd.token, ServerLimits(), reports=directory)
+
+
+def _warn_exposed(host: str, token: str | None) -> None:
+    if host not in ("127.0.0.1", "localhost", "::1") and not token:
+        _log().warning(f"serving on {host} without --token: anyone who can reach this "
+                       f"port can query the index")
+
+
+def _reports(directory: str):
+    """The reports directory, refused at once (naming it) when it holds no .jsonl."""
+    from tda.evaluation.reports import ReportDirectory
+    return ReportDirectory(directory)
 
 
 @cli.command("demo")

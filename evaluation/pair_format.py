@@ -192,7 +192,8 @@ SEARCH_LISTS: tuple[str, ...] = ("trackstar", "bm25", "fused")
 def response_records(queries: Sequence[Query], responses: Sequence[SearchResponse],
                      text_of: Callable[[str], str],
                      opponents: Sequence[Sequence[Hit]] | None = None,
-                     query_set: str | None = None) -> Iterator[PairRecord]:
+                     query_set: str | None = None,
+                     known: Sequence[bool | None] | None = None) -> Iterator[PairRecord]:
     """``tda search --format pair``: per query, one record per list its response holds
     (``method``: trackstar, bm25 or fused), in query order. ``proponents`` are the full texts
     (``text_of(example id)``), ``proponent_ids`` the example ids, ``proponent_scores`` the
@@ -200,7 +201,8 @@ def response_records(queries: Sequence[Query], responses: Sequence[SearchRespons
     ``targets_plaintext`` is the response's target (the model's continuation when the query
     gave none). A query with ground-truth ``proponents`` (document ids) also gets
     ``proponent_correct``, ``ground_truth_ids`` and its frequency; ``relation``, ``fact_id``
-    (the record's ``uuid``, else its id) where the query has them."""
+    (the record's ``uuid``, else its id) where the query has them; ``model_knows`` from
+    ``known[i]`` (``queries.knows``: is the given target the model's greedy continuation)."""
     for i, (q, resp) in enumerate(zip(queries, responses)):
         truth = list(q.proponents)
         for name in SEARCH_LISTS:
@@ -213,7 +215,8 @@ def response_records(queries: Sequence[Query], responses: Sequence[SearchRespons
                 proponent_ids=[h.id for h in hits],
                 proponent_scores=[float(h.score) for h in hits], method=name,
                 relation=q.relation or None,
-                fact_id=str(q.extra.get("uuid", q.id)) if q.relation or truth else None)
+                fact_id=str(q.extra.get("uuid", q.id)) if q.relation or truth else None,
+                model_knows=None if known is None else known[i])
             if truth:
                 rec.proponent_correct = correct_flags([h.doc_id for h in hits], truth)
                 rec.ground_truth_ids = truth

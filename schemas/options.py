@@ -330,15 +330,39 @@ class ServerLimits:
                   "max_explain_hits")
 
 
+def _host() -> Any:
+    return doc("Address to bind (loopback by default; anything else exposes the index).",
+               default="127.0.0.1")
+
+
+def _port() -> Any:
+    return doc("Port to listen on.", default=8080)
+
+
+def _token() -> Any:
+    return doc("Bearer token every request must carry (env TDA_TOKEN); the page at / asks for "
+               "it.", default=None, envvar="TDA_TOKEN")
+
+
 @dataclass(frozen=True)
 class ServeCommand:
     """`tda serve`: where to listen and who may ask."""
 
-    host: str = doc("Address to bind (loopback by default; anything else exposes the index).",
-                    default="127.0.0.1")
-    port: int = doc("Port to listen on.", default=8080)
-    token: str | None = doc("Bearer token every request must carry (env TDA_TOKEN).",
-                            default=None, envvar="TDA_TOKEN")
+    host: str = _host()
+    port: int = _port()
+    token: str | None = _token()
+    reports: str | None = doc("Directory of report .jsonl files (the paper's results format: "
+                              "`tda eval run`'s pairs/, `tda search --format pair`) for the "
+                              "page's Reports view.", default=None)
+
+
+@dataclass(frozen=True)
+class ViewCommand:
+    """`tda view`: the page's Reports view alone (no index, no model)."""
+
+    host: str = _host()
+    port: int = _port()
+    token: str | None = _token()
 
 
 # --------------------------------------------------------------------------- tda demo

@@ -116,3 +116,5 @@ class HealthResponse(BaseModel):
     """``GET /health``: the server is up."""
 
     status: Literal["ok"] = "ok"
+    token_required: bool = Field(False, description="Every other endpoint needs a bearer "
+                                                    "token (the page asks for it).")

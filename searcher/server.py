@@ -1,4 +1,5 @@
-"""`tda serve`: the Searcher over HTTP (FastAPI; OpenAPI at /openapi.json, docs at /docs).
+"""`tda serve` and `tda view`: the Searcher over HTTP (FastAPI; OpenAPI at /openapi.json, docs at
+/docs), and the browser page at / (``searcher/static/``).
 
 Loads the model, the FAISS groups and BM25 once. Sync endpoints run in a thread pool, so
 requests are served concurrently (query encoding and BM25 lookups take turns under locks; dense
@@ -6,12 +7,22 @@ fan-out runs in parallel on the dask workers). With a token, every endpoint but 
 OpenAPI schema and docs) needs ``Authorization: Bearer TOKEN`` (compared in constant time, and
 checked before a body is read). Limits: body size (counted as received, however it is framed),
 k, query length, hits explained per call.
+
+The page (``/``) and its assets (``/static/NAME``, a fixed list of files) hold no data and load
+without the token; the page asks for it and sends it as a bearer header. They are served with a
+Content-Security-Policy that allows only this origin's own script and style (no inline script,
+no plugins, no framing), so a corpus text can never run as code even if it were inserted as
+markup (the page only ever inserts it as text). Without a searcher (``tda view``) only the page,
+/config, /health and the report endpoints exist; ``reports`` is any object with the methods of
+``evaluation.reports.ReportDirectory`` (runs, queries, record), given by the command.
 """
 from __future__ import annotations
 
 import hmac
+from pathlib import Path
+
 from fastapi import Depends, FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.security.utils import get_authorization_scheme_param
 
@@ -20,6 +31,18 @@ from tda.errors import ServerLimitExceeded, TdaError
 from tda.schemas.options import ServerLimits
 from tda.schemas.search import (BatchRequest, BatchResponse, HealthResponse, IndexedExample,
                                 SearchRequest, SearchResponse)
+from tda.schemas.viewer import ReportList, ReportQueries, ReportRecord, ViewerConfig
+
+STATIC = Path(__file__).with_name("static")
+# name -> media type: the only files served from STATIC (no path is ever joined from a request)
+ASSETS = {"app.js": "text/javascript; charset=utf-8", "app.css": "text/css; charset=utf-8",
+          "favicon.svg": "image/svg+xml"}
+PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+            "connect-src 'self'; form-action 'none'; object-src 'none'; base-uri 'none'; "
+            "frame-ancestors 'none'")
+PAGE_HEADERS = {"Content-Security-Policy": PAGE_CSP, "X-Content-Type-Options": "nosniff",
+                "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY",
+                "Cache-Control": "no-cache"}
 
 
 def check_limits(req: SearchRequest, limits: ServerLimits) -> None:
@@ -30,15 +53,17 @@ def check_limits(req: SearchRequest, limits: ServerLimits) -> None:
         raise ServerLimitExceeded(f"query over {limits.max_query_chars} characters")
 
 
-def create_app(searcher, token: str | None = None, limits: ServerLimits = ServerLimits()):
-    """The FastAPI app serving ``searcher`` (a tda.Searcher)."""
+def create_app(searcher, token: str | None = None, limits: ServerLimits = ServerLimits(),
+               reports=None):
+    """The FastAPI app serving ``searcher`` (a tda.Searcher; None: reports only) and the page,
+    with ``reports`` (a ReportDirectory, or None)."""
     # The body-size middleware answers 413 on any path, so every operation documents it.
     app = FastAPI(title="tda", version=__version__,
                   description="Training-data attribution: TrackStar and BM25 over one index.",
                   responses={413: {"description": "Body too large"}})
     bearer = HTTPBearer(auto_error=False)
     public = {"/health", app.openapi_url, app.docs_url, app.redoc_url,
-              app.swagger_ui_oauth2_redirect_url}
+              app.swagger_ui_oauth2_redirect_url, "/", *(f"/static/{n}" for n in ASSETS)}
 
     def authorized(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
         if token is None:
@@ -79,7 +104,66 @@ def create_app(searcher, token: str | None = None, limits: ServerLimits = Server
 
     @app.get("/health", response_model=HealthResponse)
     def health() -> HealthResponse:
-        return HealthResponse()
+        return HealthResponse(token_required=token is not None)
+
+    # ------------------------------------------------------------------ the page
+    @app.get("/", include_in_schema=False)
+    def page() -> Response:
+        return Response((STATIC / "index.html").read_bytes(), headers=PAGE_HEADERS,
+                        media_type="text/html; charset=utf-8")
+
+    @app.get("/static/{name}", include_in_schema=False)
+    def asset(name: str) -> Response:
+        if name not in ASSETS:
+            raise HTTPException(404, "no such file")
+        return Response((STATIC / name).read_bytes(), headers=PAGE_HEADERS,
+                        media_type=ASSETS[name])
+
+    @app.get("/config", response_model=ViewerConfig, dependencies=[Depends(authorized)],
+             responses={401: {"description": "Missing or wrong token"}})
+    def config() -> ViewerConfig:
+        """What the page can offer: search (with which modes and profiles) and reports."""
+        if searcher is None:
+            return ViewerConfig(search=False, max_k=limits.max_k, reports=reports is not None)
+        return ViewerConfig(search=True, bm25=searcher.bm25 is not None,
+                            default_mode=searcher.default_mode, profiles=searcher.profiles(),
+                            max_k=limits.max_k, reports=reports is not None)
+
+    no_run = {404: {"description": "No such report run or query"},
+              401: {"description": "Missing or wrong token"}}
+
+    def report_call(fn, *args):
+        if reports is None:
+            raise HTTPException(404, "no reports are served (tda serve --reports DIR)")
+        try:
+            return fn(*args)
+        except KeyError:
+            raise HTTPException(404, "no such report run or query") from None
+        except TdaError as e:       # a file turned unreadable, or the directory emptied
+            raise HTTPException(404, str(e).splitlines()[0]) from None
+
+    @app.get("/reports", response_model=ReportList, dependencies=[Depends(authorized)],
+             responses={401: {"description": "Missing or wrong token"}})
+    def report_runs() -> ReportList:
+        """The report runs (one method's results in one .jsonl file) with their metrics."""
+        if reports is None:
+            return ReportList()
+        return report_call(reports.runs)
+
+    @app.get("/reports/{run}/queries", response_model=ReportQueries,
+             dependencies=[Depends(authorized)], responses=no_run)
+    def report_queries(run: str) -> ReportQueries:
+        """Every query of a run with its metrics (no passages)."""
+        return report_call(lambda: reports.queries(run))
+
+    @app.get("/reports/{run}/queries/{example_id:path}", response_model=ReportRecord,
+             dependencies=[Depends(authorized)], responses=no_run)
+    def report_record(run: str, example_id: str) -> ReportRecord:
+        """One query of a run: its proponents with correctness marks, and opponents."""
+        return report_call(lambda: reports.record(run, example_id))
+
+    if searcher is None:
+        return app
 
     def answer(requests: list[SearchRequest]) -> list[SearchResponse]:
         try:
@@ -131,8 +215,8 @@ def create_app(searcher, token: str | None = None, limits: ServerLimits = Server
 
 
 def serve(searcher, host: str, port: int, token: str | None, limits: ServerLimits,
-          log_level: str = "warning") -> None:
+          log_level: str = "warning", reports=None) -> None:
     """Run the app with uvicorn until interrupted."""
     import uvicorn
-    uvicorn.run(create_app(searcher, token, limits), host=host, port=port,
+    uvicorn.run(create_app(searcher, token, limits, reports), host=host, port=port,
                 log_level=log_level, limit_concurrency=64, timeout_keep_alive=5)

@@ -39,7 +39,7 @@ COMMANDS = list(_commands(cli_module.cli))
 
 def test_every_command_is_walked():
     assert {name for name, _ in COMMANDS} == {
-        "index", "plan", "info", "search", "verify", "precondition", "serve", "demo",
+        "index", "plan", "info", "search", "verify", "precondition", "serve", "view", "demo",
         "eval prepare", "eval train", "eval run", "eval sizes"}
 
 
