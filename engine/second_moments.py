@@ -14,7 +14,6 @@ from typing import Iterable
 
 import torch
 from torch import nn
-from torch.distributed.checkpoint.metadata import BytesStorageMetadata as BytesMeta
 
 from tda.engine.optimizer_state import find_state_file, is_state_dict, param_names, read_state
 from tda.errors import OptimizerStateError
@@ -198,8 +197,11 @@ WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_or
 
 def _load_dcp(directory: Path, model: nn.Module, factors_only: bool) -> SecondMoments:
     """Second moments from a torch.distributed.checkpoint directory, without a process group."""
+    # imported here: torch.distributed.checkpoint costs ~0.9 s to import, and only a DCP
+    # checkpoint needs it (a query encoder or search never does)
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.metadata import BytesStorageMetadata as BytesMeta
 
     reader = FileSystemReader(str(directory))
     try:

