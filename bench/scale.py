@@ -389,7 +389,7 @@ def section_ann(args) -> dict:
     truth = np.load(truth_path(args))
     q = truth["queries"]
     settings = AnnOptions(candidates=args.candidates, scan=args.scan)
-    log(f"ann: opening (builds and stores the compressed index the first time)")
+    log("ann: opening (builds and stores the compressed index the first time)")
     rss0 = _rss_mb()
     group, open_s = _timed(lambda: _group(store, "ann", ann=settings))
     out = {"n": args.n, "d": gen.d, "k": 10,

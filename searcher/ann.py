@@ -229,7 +229,6 @@ class AnnGroup:
     def search(self, queries: np.ndarray, k: int, read_rows) -> tuple[np.ndarray, ...]:
         """Top k per query, exactly re-scored: (scores [m, k] float32, shards, rows [m, k]
         int64; -inf / -1 where fewer). ``read_rows(locs [r, 2]) -> stored [r, d]``."""
-        m = queries.shape[0]
         c = max(k, self.settings.candidates)
         ids = self.candidates(queries, min(c, max(self.n, 1)))
         valid = ids >= 0

@@ -259,8 +259,6 @@ def test_hostile_texts_are_shown_literally_and_never_run(live, watched):
     watched.assert_clean()
 
 
-@pytest.mark.xfail(strict=False, reason="needs i15-s: hit.salience (explain=true) is None "
-                                        "until the salience engine is merged")
 def test_salience_is_drawn_as_a_heat_map(live, watched):
     page = watched.page
     page.goto(live + "/")
