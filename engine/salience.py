@@ -82,18 +82,32 @@ def token_contributions(featurizer, seqs: Sequence[TokenSequence], queries: np.n
         p = projectors[name]
         return q[j, cols[name]].view(p.blocks, p.k, p.k)             # [m, k, k]
 
+    flat = acc.view(-1)
+    every = torch.arange(B * T, device=dev)
+    cast_cache: dict[tuple[str, int], torch.Tensor] = {}
+
+    def cast(name: str, j: int, dtype: torch.dtype) -> torch.Tensor:
+        if (name, j) not in cast_cache:
+            cast_cache[name, j] = blocks(name, j).to(dtype)
+        return cast_cache[name, j]
+
     def token_sink(name, batch_idx, position, u, v):
-        u, v = u.double(), v.double()                                # [n, m, k]
-        if len(wanted) == 1:                                         # one query: no masks
-            c = torch.einsum("nmi,mij,nmj->n", u, blocks(name, wanted[0]), v)
+        # c_t = sum over sketches of u_t^T Q v_t, for all tokens at once: each token's own
+        # query's blocks, products in the projections' dtype (float32 unless the model is
+        # float64), sums in float64
+        n, m, k = u.shape
+        if len(wanted) == 1:
+            Q = cast(name, wanted[0], u.dtype)                       # [m, k, k]
+            uq = (u.view(n, k) @ Q[0]).view(n, 1, k) if m == 1 else \
+                (u.transpose(0, 1) @ Q).transpose(0, 1)              # [n, m, k]
+        else:
+            Q = torch.stack([blocks(name, j) for j in range(q.shape[0])]).to(u.dtype)
+            uq = (u.unsqueeze(2) @ Q[which[batch_idx]]).squeeze(2)   # [n, m, k]
+        c = (uq * v).sum(dim=(1, 2)).double()                        # [n]
+        if n == B * T and torch.equal(batch_idx * T + position, every):
+            flat.add_(c)                                             # a dense use: every token
+        else:
             acc.index_put_((batch_idx, position), c, accumulate=True)
-            return
-        for j in wanted:
-            rows = which[batch_idx] == j
-            if not bool(rows.any()):
-                continue
-            c = torch.einsum("nmi,mij,nmj->n", u[rows], blocks(name, j), v[rows])
-            acc.index_put_((batch_idx[rows], position[rows]), c, accumulate=True)
 
     def exact_sink(terms: ExactTerms):
         for j in wanted:

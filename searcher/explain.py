@@ -12,7 +12,7 @@ import torch
 from tda.engine import preconditioner
 from tda.engine.salience import (METHOD, example_tokens, token_contributions, warn_mismatch,
                                  word_spans)
-from tda.schemas.search import Hit, Salience, Span
+from tda.schemas.search import Hit, Salience
 
 LOSS_RTOL = 1e-3      # stored loss vs recomputed: float32 sums of the same tokens agree to this
 
@@ -77,11 +77,14 @@ def explain(encoder, rows, jobs: list[Job]) -> list[str]:
                          f"the index stored {stored:.4g}: its salience is of the retokenized "
                          f"text")
         text = str(rec["text"])
-        job.hit.salience = Salience(
-            method=METHOD, text=text, score=float(values.sum()),
-            tokens=[Span(start=s, end=e, value=float(v)) for (s, e), v in zip(t.spans, values)],
-            words=[Span(start=s, end=e, value=v) for s, e, v in word_spans(text, t.spans,
-                                                                            values)])
+        # one validation of the whole record: a Span(...) per token paid pydantic's per-call
+        # overhead ~12k times per top-10 query (about a third of explain's own cost)
+        job.hit.salience = Salience.model_validate({
+            "method": METHOD, "text": text, "score": float(values.sum()),
+            "tokens": [{"start": int(s), "end": int(e), "value": float(v)}
+                       for (s, e), v in zip(t.spans, values)],
+            "words": [{"start": int(s), "end": int(e), "value": float(v)}
+                      for s, e, v in word_spans(text, t.spans, values)]})
     return notes
 
 
