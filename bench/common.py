@@ -19,6 +19,14 @@ def sentences(n: int, offset: int = 0) -> list[str]:
     return read_sentences(DATA / "lama-trex", offset + n)[offset:]
 
 
+def write_corpus(path: Path, texts: list[str]) -> Path:
+    """``texts`` as a JSON Lines corpus at ``path``, ids ``s0``, ``s1``, ... in order."""
+    with path.open("w") as f:
+        for i, t in enumerate(texts):
+            f.write(json.dumps({"id": f"s{i}", "text": t}) + "\n")
+    return path
+
+
 def trained_model(name: str, arch: str, preset: str, vocab: int, n_train: int,
                   epochs: int = 1) -> Path:
     """A model trained on the first ``n_train`` LAMA sentences with AdamW; its directory holds

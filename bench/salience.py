@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import statistics
 import subprocess
@@ -51,10 +50,7 @@ def build_index(n: int, epochs: int):
         import shutil
         shutil.rmtree(path, ignore_errors=True)
         path.parent.mkdir(parents=True, exist_ok=True)
-        corpus = path.with_name(path.name + ".jsonl")
-        with corpus.open("w") as f:
-            for i, t in enumerate(texts):
-                f.write(json.dumps({"id": f"s{i}", "text": t}) + "\n")
+        corpus = common.write_corpus(path.with_name(path.name + ".jsonl"), texts)
         env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
         subprocess.run([sys.executable, "-m", "tda.cli", "index", "--model", str(model),
                         "--corpus", str(corpus), "--out", str(path), "--projection-dim", "16",

@@ -52,7 +52,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import gc
-import json
 import math
 import os
 import shutil
@@ -339,10 +338,7 @@ def server_index(n: int) -> tuple[Path, list[str]]:
     if not ok:
         shutil.rmtree(path, ignore_errors=True)
         path.parent.mkdir(parents=True, exist_ok=True)
-        corpus = path.with_name(path.name + ".jsonl")
-        with corpus.open("w") as f:
-            for i, t in enumerate(texts):
-                f.write(json.dumps({"id": f"s{i}", "text": t}) + "\n")
+        corpus = common.write_corpus(path.with_name(path.name + ".jsonl"), texts)
         subprocess.run([sys.executable, "-m", "tda.cli", "index", "--model", str(model),
                         "--corpus", str(corpus), "--out", str(path), "--no-progress"],
                        check=True, env=_env(), stdout=subprocess.DEVNULL)

@@ -59,6 +59,37 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_healthy(proc: subprocess.Popen, url: str, log: Path | None = None,
+                 timeout: float = 180) -> None:
+    """Wait until the server ``proc`` answers ``url``/health; RuntimeError (with the end of
+    its ``log``) when it exits or does not come up within ``timeout`` seconds."""
+    import time
+
+    import httpx
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"tda exited {proc.returncode}:\n"
+                               f"{log.read_text()[-3000:] if log else ''}")
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError(f"tda did not come up at {url}:\n{log.read_text()[-3000:] if log else ''}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Terminate a server process (kill it after 30 s)."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def read_index(path) -> dict[str, np.ndarray]:
     """Every complete shard's rows, concatenated in shard order."""
     store = IndexStore.open(path)

@@ -22,8 +22,8 @@ from tda.searcher.profiles import Profile
 from tda.searcher.searcher import Searcher
 from tda.store.index import IndexStore
 from tda.tests import reference
-from tda.tests.indexing import fact_index, free_port, tda
-from tda.tests.test_server_security import start, stop, wait_healthy
+from tda.tests.indexing import fact_index, free_port, stop, tda, wait_healthy
+from tda.tests.test_server_security import start
 from tda.tests.tolerances import FLOAT16_ATOL
 
 SUM_RTOL = 1e-4

@@ -17,7 +17,7 @@ import uuid
 import httpx
 import pytest
 
-from tda.tests.indexing import fact_index, env, free_port, tda
+from tda.tests.indexing import env, fact_index, free_port, stop, tda, wait_healthy
 
 TOKEN = "s3cret-Token_42"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -47,30 +47,6 @@ def start(index, *args: str, stderr_path=None) -> subprocess.Popen:
     stderr = open(stderr_path, "w") if stderr_path else subprocess.DEVNULL
     return subprocess.Popen([sys.executable, "-m", "tda.cli", "serve", str(index), *args],
                             env=env(), stdout=subprocess.DEVNULL, stderr=stderr, text=True)
-
-
-def wait_healthy(proc: subprocess.Popen, url: str, log=None, timeout: float = 180) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"tda serve exited {proc.returncode}:\n"
-                               f"{log.read_text()[-3000:] if log else ''}")
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            time.sleep(0.3)
-    proc.kill()
-    raise RuntimeError("tda serve did not come up")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 @pytest.fixture(scope="module")

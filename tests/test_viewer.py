@@ -22,7 +22,7 @@ import pytest
 from playwright.sync_api import expect, sync_playwright
 
 from tda.tests import helpers
-from tda.tests.indexing import env, free_port, tda
+from tda.tests.indexing import env, free_port, stop, tda, wait_healthy
 
 CHROMIUM = "/usr/bin/chromium"
 TOKEN = "viewer-T0ken_%&/?#"            # URL syntax in it: any leak into a URL is visible
@@ -92,27 +92,12 @@ def _start(args: list[str], log: Path) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen([sys.executable, "-m", "tda.cli", *args, "--port", str(port)],
                             env=env(), stdout=subprocess.DEVNULL, stderr=log.open("w"))
     url = f"http://127.0.0.1:{port}"
-    import time
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"tda {args[0]} exited {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.3)
-    proc.kill()
-    raise RuntimeError(f"tda {args[0]} did not come up:\n{log.read_text()[-3000:]}")
+    wait_healthy(proc, url, log, timeout=240)
+    return proc, url
 
 
 def _stop(proc: subprocess.Popen, log: Path) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    stop(proc)
     assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
 
 
