@@ -32,8 +32,10 @@ from tda.engine import experts as X
 from tda.engine.tracking import Site, TrackedWeight
 
 # token_sink(name, batch_idx [n], position [n], u [n, m, k], v [n, m, k]): the per-token terms,
-# phi[b] = sum over its tokens of u_t v_t^T (per sketch)
-TokenSink = Callable[[str, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], None]
+# phi[b] = sum over its tokens of u_t v_t^T (per sketch). A dense use passes every token of
+# the [B, T] batch in order (n = B * T, row b * T + t) with batch_idx and position None.
+TokenSink = Callable[[str, torch.Tensor | None, torch.Tensor | None, torch.Tensor,
+                      torch.Tensor], None]
 
 
 @dataclass
@@ -303,10 +305,8 @@ class GradientCollector(SiteHooks):
         xp = ctx if site.kind != "lookup" else self._masked(ctx)
         u, v = (gp, xp) if site.input_side == "in" else (xp, gp)
         u, v = u.view(B, T, m, k), v.view(B, T, m, k)
-        if self.token_sink is not None:
-            pos = torch.arange(T, device=g.device)
-            self.token_sink(w.name, torch.arange(B, device=g.device).repeat_interleave(T),
-                            pos.repeat(B), u.flatten(0, 1), v.flatten(0, 1))
+        if self.token_sink is not None:       # a dense use: every token, in order
+            self.token_sink(w.name, None, None, u.flatten(0, 1), v.flatten(0, 1))
         self._add(w.name, u.permute(0, 2, 3, 1) @ v.transpose(1, 2))  # [B, m, k, k]
 
     # ---------------------------------------------------------------- experts

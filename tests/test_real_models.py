@@ -236,7 +236,10 @@ def test_token_terms_add_up_to_phi(tok_and_texts):
     offsets = dict(zip([w.name for w in f.weights],
                        torch.tensor([0] + [p.dim for p in f.projectors]).cumsum(0).tolist()))
     k = f.config.projection_dim
+    B, T = batch.input_ids.shape
     for name, b, t, u, v in terms:
+        if b is None:                                     # a dense use: every token in order
+            b, t = torch.arange(B).repeat_interleave(T), torch.arange(T).repeat(B)
         pad = ~batch.attention_mask[b, t]                 # pad positions contribute nothing
         assert ((u.flatten(1).abs().sum(1) == 0) | (v.flatten(1).abs().sum(1) == 0))[pad].all()
         o = offsets[name]

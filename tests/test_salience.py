@@ -5,7 +5,9 @@ float64 brute force's (autograd on a per-position copy of every tracked weight);
 cover the text; the API, the client over a real `tda serve` and `tda search --explain` expose
 it."""
 import copy
+import itertools
 import json
+import random
 import re
 
 import numpy as np
@@ -13,7 +15,7 @@ import pytest
 import torch
 
 from tda.engine import Featurizer, TrackStarConfig, collate, load_model
-from tda.engine.salience import example_tokens, token_contributions
+from tda.engine.salience import example_tokens, length_groups, token_contributions
 from tda.errors import ServerError
 from tda.evaluation.architectures import tiny_model
 from tda.schemas.search import SearchRequest
@@ -91,6 +93,57 @@ def test_contributions_sum_to_the_score(arch, cfg, tok_and_texts, tmp_path):
     if arch == "mixtral":
         assert any(w.experts for w in f.weights)
     _check_sums(f, held, QUERIES)
+
+
+def _partitions(items):
+    """Every set partition of ``items`` (lists of lists)."""
+    if not items:
+        yield []
+        return
+    first, rest = items[0], items[1:]
+    for part in _partitions(rest):
+        for i in range(len(part)):
+            yield part[:i] + [[first] + part[i]] + part[i + 1:]
+        yield [[first]] + part
+
+
+def test_length_groups_are_the_cheapest_batches():
+    """Over all set partitions of up to 7 lengths, none has fewer padded tokens plus the
+    per-batch overhead than length_groups' cut; every position is in one group."""
+    rng = random.Random(0)
+    for _ in range(60):
+        lens = [rng.randint(1, 130) for _ in range(rng.randint(1, 7))]
+        overhead = rng.choice([0, 16, 48, 500])
+
+        def cost(groups):
+            return sum(len(g) * max(lens[i] for i in g) + overhead for g in groups)
+
+        got = length_groups(lens, overhead)
+        assert sorted(itertools.chain(*got)) == list(range(len(lens)))
+        assert cost(got) == min(cost(p) for p in _partitions(list(range(len(lens)))))
+    assert length_groups([]) == []
+    assert len(length_groups([20, 20, 21, 110, 118])) == 2
+
+
+def test_length_groups_give_each_example_its_own_terms(tok_and_texts, tmp_path):
+    """Examples of very different lengths (several groups), two queries: every example's
+    terms, phi and loss are those of the example alone in a batch of one."""
+    tok, train, held = tok_and_texts
+    tiny = tiny_model("gpt2", tok, train, steps=1)
+    torch.save(tiny.optimizer_state, tmp_path / "optimizer.pt")
+    f = Featurizer(tiny.model.double(), tok, TrackStarConfig(projection_dim=3),
+                   optimizer_state=tmp_path / "optimizer.pt")
+    texts = [held[0], " ".join(held[:6]), held[1], " ".join(held[2:5]), held[2]]
+    seqs = f.example_sequences(texts)
+    assert len(length_groups([len(x.ids) for x in seqs])) > 1
+    q = np.random.default_rng(1).standard_normal((2, f.dim))
+    which = [0, 1, 1, 0, 1]
+    tc = token_contributions(f, seqs, q, which)
+    for i, seq in enumerate(seqs):
+        alone = token_contributions(f, [seq], q, [which[i]])
+        np.testing.assert_allclose(tc.raw[i], alone.raw[0], rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(tc.phi[i], alone.phi[0])
+        assert tc.loss[i] == pytest.approx(alone.loss[0], rel=1e-9)
 
 
 def test_each_token_term_is_the_float64_brute_force(tok_and_texts, tmp_path):
