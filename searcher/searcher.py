@@ -11,6 +11,7 @@ import numpy as np
 from tda.errors import CorruptShard, IndexIncomplete, ProfileMissing, QueryError
 from tda.schemas.options import SearchOptions
 from tda.schemas.search import Hit, IndexedExample, SearchRequest, SearchResponse
+from tda.searcher import heap
 from tda.searcher.background import Background
 from tda.searcher.fusion import rrf
 from tda.searcher.rows import RowReader
@@ -93,6 +94,8 @@ class Searcher:
         self.default_mode = "both" if self.bm25 is not None else "trackstar"
         self._profiles: dict[str, object] = {}
         self._profiles_lock = threading.Lock()
+        heap.hold()                    # the loaded heap out of GC walks (searcher/heap.py)
+        self._holds_heap = True
 
     # ------------------------------------------------------------------ API
     def search(self, prompt: str, target: str | None = None, k: int = 10,
@@ -253,6 +256,9 @@ class Searcher:
         """Stop the dense search (its threads or dask cluster) and the row readers."""
         self.dense.close()
         self.rows.close()
+        if getattr(self, "_holds_heap", False):
+            self._holds_heap = False
+            heap.release()
 
     def __enter__(self) -> "Searcher":
         return self
