@@ -18,13 +18,16 @@ every query, in turn, so slow spells of the shared machine hit them all):
 Per timing the median over rounds and queries; ``ratio`` = explain_s / (search_s + fwdbwd_s),
 target <= 1.0 (salience costs no more than the search plus one batched forward and backward
 over the shown hits), and ``ratio_to_groups`` = explain_s / (search_s + fwdbwd_groups_s);
-``explain_p90_ms``: the 90th percentile of explain_s. ``--threads`` sets torch's threads
-(0: its default). Prints JSON and writes ``--out`` (bench/results/salience.json).
+``explain_p90_ms``: the 90th percentile of explain_s; ``full_gc_while_timed``: the garbage
+collector's full collections during the timed rounds (count, total and longest ms; the
+searcher freezes its loaded heap, ``--unfreeze`` measures without). ``--threads`` sets
+torch's threads (0: its default). Prints JSON and writes ``--out`` (bench/results/salience.json).
 """
 from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import os
 import statistics
 import subprocess
@@ -72,6 +75,9 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--unfreeze", action="store_true",
+                    help="hand the heap back to the garbage collector after opening (as "
+                         "before searcher/heap.py), to measure what freezing it saves")
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--out", default=str(common.REPO / "bench" / "results" / "salience.json"))
     args = ap.parse_args()
@@ -92,6 +98,22 @@ def main() -> None:
         seqs = {q: [example_tokens(f.tokenizer, s.document(h.id).text).sequence
                     for h in hs] for q, hs in hits.items()}
         s.search(*queries[0], k=args.k, mode="trackstar", explain=True)      # warm up
+        if args.unfreeze:
+            gc.unfreeze()
+        collections = {"count": 0, "ms": 0.0, "max_ms": 0.0}
+        started = {}
+
+        def on_gc(phase, info):            # full collections (generation 2) while timed
+            if info["generation"] != 2:
+                return
+            if phase == "start":
+                started["t"] = time.perf_counter()
+            elif "t" in started:
+                ms = (time.perf_counter() - started.pop("t")) * 1e3
+                collections["count"] += 1
+                collections["ms"] += ms
+                collections["max_ms"] = max(collections["max_ms"], ms)
+        gc.callbacks.append(on_gc)
 
         def fwdbwd(q):
             with s.encoder.lock:
@@ -112,6 +134,7 @@ def main() -> None:
                     t = time.perf_counter()
                     fn()
                     times[name].append(time.perf_counter() - t)
+        gc.callbacks.remove(on_gc)
         n_rows = IndexStore.open(path).manifest.corpus.examples
     med = {k: statistics.median(v) for k, v in times.items()}
     padded = {"real": 0, "one_batch": 0, "groups": 0}       # over the queries' hit lists
@@ -134,6 +157,8 @@ def main() -> None:
         "target_ratio": 1.0,
         "ratio_to_groups": round(med["explain_s"] / (med["search_s"] + med["fwdbwd_groups_s"]),
                                  3),
+        "heap_frozen": not args.unfreeze,
+        "full_gc_while_timed": {k: round(v, 1) for k, v in collections.items()},
         "explain_p90_ms": round(statistics.quantiles(times["explain_s"], n=10)[-1] * 1e3, 2),
         "tokens": padded,
         "max_abs_salience_sum_minus_indexed_score": float(f"{worst:.3g}"),

@@ -29,17 +29,17 @@ class Job:
     profile: object | None          # searcher.profiles.Profile
 
 
-def explain(encoder, rows, jobs: list[Job]) -> list[str]:
-    """Set ``hit.salience`` on every job's hit; returns warnings (an example whose text
-    retokenizes to another length or loss than the index stored)."""
+def explain(encoder, rows, jobs: list[Job]) -> list[list[str]]:
+    """Set ``hit.salience`` on every job's hit; returns each job's warnings (its example's
+    text retokenizes to another length or loss than the index stored)."""
     if not jobs:
         return []
     recs = rows.fields([(j.shard, j.row) for j in jobs], ("ids", "doc_ids", "text", "n_tokens",
                                                          "loss"))
     featurizer = encoder.featurizer
-    notes: list[str] = []
+    notes: list[list[str]] = [[] for _ in jobs]
     toks = []
-    for rec in recs:
+    for i, rec in enumerate(recs):
         ex_id, doc_id = str(rec["ids"]), str(rec["doc_ids"])
         t = example_tokens(featurizer.tokenizer, str(rec["text"]), int(rec["n_tokens"]),
                            chunk=ex_id != doc_id, max_len=featurizer.config.max_len)
@@ -47,7 +47,7 @@ def explain(encoder, rows, jobs: list[Job]) -> list[str]:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 warn_mismatch(ex_id, len(t.sequence.ids), int(rec["n_tokens"]))
-            notes += [str(w.message) for w in caught]
+            notes[i] += [str(w.message) for w in caught]
         toks.append(t)
     # one pulled-back query per distinct (query, profile)
     keys: dict[tuple[bytes, int], int] = {}
@@ -73,7 +73,7 @@ def explain(encoder, rows, jobs: list[Job]) -> list[str]:
         values = tc.raw[i] / max(norm, 1e-300)
         stored = float(rec["loss"])
         if t.matches and abs(tc.loss[i] - stored) > LOSS_RTOL * max(1.0, abs(stored)):
-            notes.append(f"{rec['ids']}: its retokenized text has loss {tc.loss[i]:.4g} nats, "
+            notes[i].append(f"{rec['ids']}: its retokenized text has loss {tc.loss[i]:.4g} nats, "
                          f"the index stored {stored:.4g}: its salience is of the retokenized "
                          f"text")
         text = str(rec["text"])

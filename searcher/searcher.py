@@ -150,8 +150,8 @@ class Searcher:
         t3 = time.perf_counter()
         notes = self._explain(requests, out, dense, scored)
         t4 = time.perf_counter()
-        for r, resp in zip(requests, out):
-            resp.warnings = list(self.dense.warnings) + (notes if r.explain else [])
+        for i, (r, resp) in enumerate(zip(requests, out)):
+            resp.warnings = list(self.dense.warnings) + notes.get(i, [])
             resp.timings_ms = {"target": round((t1 - t0) * 1e3, 2),
                                "trackstar": round((t2 - t1) * 1e3, 2),
                                "bm25_and_merge": round((t3 - t2) * 1e3, 2)}
@@ -159,18 +159,24 @@ class Searcher:
                 resp.timings_ms["explain"] = round((t4 - t3) * 1e3, 2)
         return out
 
-    def _explain(self, requests, responses, dense, scored) -> list[str]:
+    def _explain(self, requests, responses, dense, scored) -> dict[int, list[str]]:
         """Salience on the TrackStar hits of the requests that ask for it: one batch over
-        all of them (searcher/explain.py); the warnings it had."""
+        all of them (searcher/explain.py); per request, the warnings about its own hits."""
         from tda.searcher.explain import Job, explain
-        jobs = []
+        jobs, request_of = [], []
         for i, (r, resp) in enumerate(zip(requests, responses)):
             if not r.explain or not resp.trackstar:
                 continue
             profile = None if r.profile is None else self._profile(r.profile)
             for hit, (_, sh, rw) in zip(resp.trackstar, dense[i]):
                 jobs.append(Job(hit, sh, rw, scored[i], profile))
-        return explain(self.encoder, self.rows, jobs) if jobs else []
+                request_of.append(i)
+        out: dict[int, list[str]] = {}
+        for i, job_notes in zip(request_of, explain(self.encoder, self.rows, jobs)):
+            for note in job_notes:
+                if note not in out.setdefault(i, []):
+                    out[i].append(note)
+        return out
 
     def opponents(self, requests: list[SearchRequest], n: int = 10) -> list[list[Hit]]:
         """Per request, the ``n`` examples with the lowest TrackStar scores (most negative:

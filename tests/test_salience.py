@@ -241,6 +241,30 @@ def test_one_batch_for_all_explaining_requests(searcher):
                                    [t.value for t in b.salience.tokens], rtol=1e-4, atol=1e-7)
 
 
+def test_retokenization_warning_goes_to_its_own_request(searcher, monkeypatch):
+    """An example whose stored token count its text no longer gives (as if the index held
+    another count) warns in the response whose hit it is, not in the others of the batch."""
+    (pa, ta), (pb, tb) = QUERIES
+    ids_b = {h.id for h in searcher.search(pb, tb, k=3, mode="trackstar").trackstar}
+    victim = next(h.id for h in searcher.search(pa, ta, k=3, mode="trackstar").trackstar
+                  if h.id not in ids_b)
+    read = searcher.rows.fields
+
+    def fields(locs, names):
+        recs = read(locs, names)
+        for rec in recs:
+            if rec.get("ids") == victim and "n_tokens" in rec:
+                rec["n_tokens"] += 1
+        return recs
+    monkeypatch.setattr(searcher.rows, "fields", fields)
+    a, b = searcher.search_many([
+        SearchRequest(prompt=pa, target=ta, k=3, mode="trackstar", explain=True),
+        SearchRequest(prompt=pb, target=tb, k=3, mode="trackstar", explain=True)])
+    assert [w for w in a.warnings if victim in w and "retokenizes" in w]
+    assert not [w for w in b.warnings if victim in w]
+    assert all(h.salience is not None for h in a.trackstar + b.trackstar)
+
+
 def test_chunk_tokens_are_rebuilt_with_the_indexed_length(gpt2_dir):
     """A long document's chunk (DOCID#N) retokenizes to the tokens the indexer stored."""
     from tda.indexer.documents import chunk_document
