@@ -33,7 +33,10 @@ def load_size(report_dir: str | Path) -> dict:
     model = Path(IndexStore.open(report["index"]).manifest.model.path)
     training = json.loads((model / "training.json").read_text()) \
         if (model / "training.json").is_file() else {}
-    training.pop("losses", None)
+    losses = training.pop("losses", None)
+    if losses and training.get("epochs"):       # one batch's loss is noisy: the epoch's mean
+        per_epoch = max(1, len(losses) // training["epochs"])
+        training["last_epoch_loss"] = sum(losses[-per_epoch:]) / per_epoch
     return {"report_dir": str(report_dir), "model": str(model), "training": training,
             "report": report}
 
@@ -69,6 +72,7 @@ def compare_sizes(report_dirs: list[str | Path], out: str | Path,
             "tokens_seen": t.get("tokens"), "train_seconds": t.get("train_seconds"),
             "train_cpu_seconds": t.get("train_cpu_seconds"),
             "tokens_per_s": t.get("tokens_per_s"), "final_loss": t.get("final_loss"),
+            "last_epoch_loss": t.get("last_epoch_loss"),
             "facts_known": r.get("facts_known"), "fact_accuracy": r.get("fact_accuracy"),
             "methods": {name: {k: m.get(k) for k, _ in METRICS + (("mrr_known", ""),
                                                                  ("recall10_known", ""))}
@@ -115,7 +119,8 @@ def render(result: dict) -> str:
              ("training wall time", lambda r: f"{r['train_seconds'] / 60:.1f} min"),
              ("training CPU time", lambda r: f"{r['train_cpu_seconds'] / 60:.1f} min"),
              ("tokens/s (wall)", lambda r: f"{r['tokens_per_s']:,.0f}"),
-             ("final loss", lambda r: f"{r['final_loss']:.3f}"),
+             ("mean loss, last epoch", lambda r: f"{r['last_epoch_loss']:.3f}"
+              if r.get("last_epoch_loss") is not None else "—"),
              ("facts known", lambda r: f"{r['facts_known']} ({r['fact_accuracy']:.1%})")]
     lines = head + [f"| {name} | " + " | ".join(get(r) for r in rows) + " |"
                     for name, get in facts]
