@@ -154,6 +154,7 @@ def plot(result: dict, path: Path, methods: tuple[str, ...]) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     rows = result["sizes"]
     x = [r["parameters"] for r in rows]
@@ -171,6 +172,8 @@ def plot(result: dict, path: Path, methods: tuple[str, ...]) -> None:
             ax.errorbar(x, mean, yerr=err, fmt=style, capsize=3,
                         label=rows[0]["methods"][name]["label"])
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xticks(x, [f"{p / 1e6:.2f}M" for p in x])
         ax.set_xlabel("parameters")
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
