@@ -43,12 +43,9 @@ LR = {"mini": 3e-3, "tiny": 3e-3, "small": 1e-3}
 SWEEP = ("--sweep-components", "0.005,0.015,0.05", "--sweep-mixing", "0.5,2")
 
 
-LABEL = ""
-
-
-def run(step: str, *commands: list[str]) -> None:
+def run(step: str, label: str, *commands: list[str]) -> None:
     """Run ``commands`` in turn (each must succeed), then record the step's commands and
-    wall time in bench/results/sizes.json."""
+    wall time in bench/results/sizes.json, as ``step [label]`` when a label is given."""
     t = time.perf_counter()
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
     for cmd in commands:
@@ -56,7 +53,7 @@ def run(step: str, *commands: list[str]) -> None:
         subprocess.run(cmd, check=True, env=env)
     seconds = round(time.perf_counter() - t, 1)
     results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
-    step = f"{step} [{LABEL}]" if LABEL else step
+    step = f"{step} [{label}]" if label else step
     results[step] = {"commands": [shlex.join(c) for c in commands], "seconds": seconds,
                      "when": datetime.datetime.now(datetime.timezone.utc)
                      .isoformat(timespec="seconds")}
@@ -78,27 +75,26 @@ def main() -> None:
     ap.add_argument("--label", default="",
                     help="recorded with each step's name in sizes.json (another benchmark)")
     args = ap.parse_args()
-    global LABEL
-    LABEL = args.label
     runs = Path(args.runs)
     bench = runs / "bench"
     tda = [sys.executable, "-m", "tda.cli"]
     if args.step in ("train", "evaluate") and not args.size:
         ap.error(f"{args.step} needs a size: {', '.join(EPOCHS)}")
     if args.step == "prepare":
-        run("prepare", tda + ["eval", "prepare", "--lama", str(DATA / "lama-trex"),
-                              "--facts", str(args.facts), "--paraphrases", "3", "--distractors",
-                              str(DATA / "fewrel" / "val_wiki.json"), "--distractor-count",
-                              "2000", "--out", str(bench)])
+        run("prepare", args.label,
+            tda + ["eval", "prepare", "--lama", str(DATA / "lama-trex"), "--facts",
+                   str(args.facts), "--paraphrases", "3", "--distractors",
+                   str(DATA / "fewrel" / "val_wiki.json"), "--distractor-count", "2000",
+                   "--out", str(bench)])
     elif args.step == "train":
         s = args.size
-        run(f"train {s}", tda + ["eval", "train", "--corpus", str(bench / "corpus.jsonl"),
-                                 "--out", str(runs / f"model-{s}"), "--preset", s,
-                                 "--epochs", str(EPOCHS[s]), "--lr", str(LR[s]),
-                                 "--threads", "1"])
+        run(f"train {s}", args.label,
+            tda + ["eval", "train", "--corpus", str(bench / "corpus.jsonl"), "--out",
+                   str(runs / f"model-{s}"), "--preset", s, "--epochs", str(EPOCHS[s]),
+                   "--lr", str(LR[s]), "--threads", "1"])
     elif args.step == "evaluate":
         s = args.size
-        run(f"evaluate {s}" + (" --sweep" if args.sweep else ""),
+        run(f"evaluate {s}" + (" --sweep" if args.sweep else ""), args.label,
             tda + ["index", "--model", str(runs / f"model-{s}"), "--corpus",
                    str(bench / "corpus.jsonl"), "--out", str(runs / f"index-{s}"),
                    "--no-progress"],
@@ -108,7 +104,8 @@ def main() -> None:
             + (list(SWEEP) if args.sweep else []))
     else:
         reports = [runs / f"report-{s}" for s in EPOCHS]
-        run("compare", tda + ["eval", "sizes"] + [a for r in reports for a in ("--report", str(r))]
+        run("compare", args.label,
+            tda + ["eval", "sizes"] + [a for r in reports for a in ("--report", str(r))]
             + ["--out", args.out])
 
 

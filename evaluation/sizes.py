@@ -29,14 +29,14 @@ def load_size(report_dir: str | Path) -> dict:
     if not file.is_file():
         raise EvalError(f"{file}: no report (run `tda eval run --out {report_dir}`)")
     report = json.loads(file.read_text())
+    from tda.evaluation.train import last_epoch_loss
     from tda.store.index import IndexStore
     model = Path(IndexStore.open(report["index"]).manifest.model.path)
     training = json.loads((model / "training.json").read_text()) \
         if (model / "training.json").is_file() else {}
     losses = training.pop("losses", None)
-    if losses and training.get("epochs"):       # one batch's loss is noisy: the epoch's mean
-        per_epoch = max(1, len(losses) // training["epochs"])
-        training["last_epoch_loss"] = sum(losses[-per_epoch:]) / per_epoch
+    if losses and training.get("epochs"):
+        training["last_epoch_loss"] = last_epoch_loss(losses, training["epochs"])
     return {"report_dir": str(report_dir), "model": str(model), "training": training,
             "report": report}
 

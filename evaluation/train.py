@@ -121,6 +121,13 @@ class LMTrainer:
         return value
 
 
+def last_epoch_loss(losses: Sequence[float], epochs: int) -> float:
+    """Mean loss (nats per token) of the last of ``epochs`` equal epochs of per-step
+    ``losses``: one batch's loss is too noisy to compare models by."""
+    per_epoch = max(1, len(losses) // epochs)
+    return sum(losses[-per_epoch:]) / per_epoch
+
+
 def train_lm(model: nn.Module, tokenizer, texts: Sequence[str], *, epochs: int = 1,
              batch_size: int = 16, lr: float = 3e-3, weight_decay: float = 0.01,
              max_len: int = 128, seed: int = 0, warmup: int = 20,
@@ -190,8 +197,7 @@ def train_benchmark_model(corpus: str | Path, out: str | Path,
         model.eval()
         curve[epoch] = sum(knows(model, tok, qs))
         model.train()
-        per_epoch = len(result.losses) // epoch
-        mean = sum(result.losses[-per_epoch:]) / per_epoch
+        mean = last_epoch_loss(result.losses, epoch)
         log.info(f"epoch {epoch}/{epochs}: mean loss {mean:.3f}, knows {curve[epoch]}/"
                  f"{len(qs)} facts, {result.tokens / max(result.seconds, 1e-9):,.0f} tokens/s, "
                  f"load {os.getloadavg()[0]:.1f}")
