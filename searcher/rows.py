@@ -118,15 +118,12 @@ class RowReader:
     def _chunk_rows(self, shard: int, field: str) -> int:
         key = (shard, field)
         if key not in self._chunks:
-            self._chunks[key] = int(self.store.shard_array(shard, field).chunks[0])
+            self._chunks[key] = self.store.chunk_rows(shard, field)
         return self._chunks[key]
 
     def _chunk(self, shard: int, field: str, c: int) -> np.ndarray:
-        size = self._chunk_rows(shard, field)
-
-        def load():
-            return np.asarray(self.store.shard_array(shard, field)[c * size:(c + 1) * size])
-        return self.cache.get((shard, field, c), load)
+        return self.cache.get((shard, field, c),
+                              lambda: self.store.read_chunk(shard, field, c))
 
     def fields(self, locs: list[tuple[int, int]], names: tuple[str, ...] = FIELDS) -> list[dict]:
         """{name: value} of each (shard, row) in ``locs``, in order. The distinct chunks are

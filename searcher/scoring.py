@@ -2,10 +2,14 @@
 canonical score every search path reports.
 
 ``BlockScorer`` serves m queries with one matrix product per block of vectors
-([m, d] x [d, rows], float32, torch's BLAS on every core), keeping a running top c per query:
-each block is read from memory once for all m queries, so its cost is bounded by compute, not
-by m passes over memory (FAISS's scalar-quantizer scan goes query by query). Stored float16
-(or bfloat16 bits) are widened to float32 block by block into one reused buffer.
+([rows, d] x [d, m], float32), keeping a running top c per query: each block is read from
+memory once for all m queries, so its cost is bounded by compute, not by m passes over memory
+(FAISS's scalar-quantizer scan goes query by query). Stored float16 (or bfloat16 bits) are
+widened to float32 block by block into one reused buffer of BLOCK_ROWS rows (4 MB at d = 1024:
+it stays in the last-level cache for the product that reads it). Widening and product are both
+torch's, on its one pool of threads: widening with torch and multiplying with numpy's BLAS
+made the two libraries' thread pools wait on each other at every block (55 against 165 GFLOP/s
+at m = 64 on this machine's AMD CPU, bench/scale.py ``batched``).
 
 ``exact_scores`` is the canonical score of a (query, stored vector) pair: the stored values
 widened exactly to float64, the dot product accumulated in float64, rounded to float32. Every
@@ -18,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-BLOCK_ROWS = 4096
+BLOCK_ROWS = 1024
 
 
 def widen(stored: np.ndarray, storage_dtype: str) -> torch.Tensor:
@@ -30,22 +34,24 @@ def widen(stored: np.ndarray, storage_dtype: str) -> torch.Tensor:
 class BlockScorer:
     """Running top ``c`` of the scores of ``queries`` [m, d] float32 over blocks of rows.
 
-    Per block: widen to float32 (torch's converter: ~5x numpy's), scores [rows, m] =
-    block @ queries^T (numpy's BLAS: this shape runs ~2x faster there than in torch's MKL on
-    this machine's AMD CPU, bench/scale.py), then only the scores above each query's current
-    c-th best are merged in (after the first blocks, a handful per block)."""
+    Per block of ``block_rows`` rows: widen to float32, scores [rows, m] = block @ queries^T,
+    then only the scores above each query's current c-th best are merged in (after the first
+    blocks, a handful per block)."""
 
     def __init__(self, queries: np.ndarray, c: int, storage_dtype: str = "float16",
                  block_rows: int = BLOCK_ROWS):
         q = np.ascontiguousarray(queries, dtype=np.float32)
         self.m, self.d = q.shape
-        self.qT = np.ascontiguousarray(q.T)                        # [d, m]
+        self._qT = torch.from_numpy(np.ascontiguousarray(q.T))     # [d, m]
         self.c, self.storage_dtype = max(1, c), storage_dtype
         self.block_rows = block_rows
-        self._buf = np.empty((block_rows, self.d), dtype=np.float32)
-        self._tbuf = torch.from_numpy(self._buf)
+        self._buf = torch.empty((block_rows, self.d), dtype=torch.float32)
+        self._out = torch.empty((block_rows, self.m), dtype=torch.float32)
         self.scores = np.full((self.m, self.c), -np.inf, dtype=np.float32)
         self.index = np.full((self.m, self.c), -1, dtype=np.int64)
+        self._theta = np.full(self.m, -np.inf, dtype=np.float32)
+        self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._n_pending = 0
         self.seen = 0
 
     def add(self, stored: np.ndarray, offset: int) -> None:
@@ -54,35 +60,50 @@ class BlockScorer:
         for start in range(0, src.shape[0], self.block_rows):
             part = src[start:start + self.block_rows]
             rows = part.shape[0]
-            self._tbuf[:rows].copy_(part)                          # widen to float32
-            s = self._buf[:rows] @ self.qT                         # [rows, m]
-            self._merge(s, offset + start)
+            buf, out = self._buf[:rows], self._out[:rows]
+            buf.copy_(part)                                        # widen to float32
+            torch.mm(buf, self._qT, out=out)                       # [rows, m]
+            self._merge(out.numpy(), offset + start)
             self.seen += rows
 
     def _merge(self, s: np.ndarray, offset: int) -> None:
-        theta = self.scores.min(axis=1)                            # each query's c-th best
-        r, q = np.nonzero(s > theta)
-        if r.size == 0:
+        """Keep the scores of ``s`` [rows, m] above each query's threshold (a lower bound of its
+        current c-th best) as pending candidates; fold them into the top c when there are
+        many (a sort of m c + pending entries per fold, not per block)."""
+        flat = np.flatnonzero(s > self._theta)
+        if flat.size == 0:
             return
-        if r.size > 4 * self.m * self.c:                           # early blocks: most pass
+        if flat.size > 4 * self.m * self.c:                        # early blocks: most pass
             kk = min(self.c, s.shape[0])
-            top = np.argpartition(-s, kk - 1, axis=0)[:kk]         # [kk, m]
-            r = top.T.ravel()
+            r = np.argpartition(-s, kk - 1, axis=0)[:kk].T.ravel()  # [m * kk]
             q = np.repeat(np.arange(self.m), kk)
-        vals = s[r, q]
-        all_q = np.concatenate([np.repeat(np.arange(self.m), self.c), q])
-        all_s = np.concatenate([self.scores.ravel(), vals])
-        all_i = np.concatenate([self.index.ravel(), r.astype(np.int64) + offset])
+        else:
+            r, q = np.divmod(flat, self.m)
+        self._pending.append((q, s[r, q], r.astype(np.int64) + offset))
+        self._n_pending += r.size
+        if self._n_pending > 4 * self.m * self.c:
+            self._fold()
+
+    def _fold(self) -> None:
+        if not self._pending:
+            return
+        qs, vs, idx = zip(*self._pending)
+        self._pending, self._n_pending = [], 0
+        all_q = np.concatenate([np.repeat(np.arange(self.m), self.c), *qs])
+        all_s = np.concatenate([self.scores.ravel(), *vs])
+        all_i = np.concatenate([self.index.ravel(), *idx])
         o = np.lexsort((-all_s, all_q))
         all_q, all_s, all_i = all_q[o], all_s[o], all_i[o]
         first = np.searchsorted(all_q, np.arange(self.m))
         keep = (np.arange(all_q.size) - first[all_q]) < self.c
         self.scores = all_s[keep].reshape(self.m, self.c)
         self.index = all_i[keep].reshape(self.m, self.c)
+        self._theta = self.scores[:, -1].copy()                    # each query's c-th best
 
     def result(self) -> tuple[np.ndarray, np.ndarray]:
         """(scores [m, c] float32, row numbers [m, c] int64: -inf / -1 beyond the rows seen),
         best first (re-score with exact_scores for the canonical order)."""
+        self._fold()
         return self.scores, self.index
 
 

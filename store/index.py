@@ -18,6 +18,7 @@ from zarr.core.sync import sync
 
 from tda.errors import CorruptShard, IndexCorrupt, IndexIncomplete, IndexMissing, NotAnIndex
 from tda.schemas.index import Manifest
+from tda.store import chunks
 from tda.store.codec import array_checksums, checksum, compressor, from_storage, to_storage
 from tda.store.faults import crash_point
 from tda.store.layout import (BM25_DIR, BM25_KEY, COMPLETE_KEY, MANIFEST_KEY, MOMENTS, PROFILES,
@@ -329,6 +330,44 @@ class IndexStore:
         except Exception as e:  # noqa: BLE001 - codec/decompression/shape errors
             raise CorruptShard(f"{self._where(index, profile)}: {field} unreadable "
                                f"({type(e).__name__}: {e})") from None
+
+    def chunk_rows(self, index: int, field: str, profile: str | None = None) -> int:
+        """Rows per chunk of the one-dimensional array ``field`` of a complete shard."""
+        lay = self._chunk_layout(index, field, profile)
+        return lay.chunk_rows if lay is not None else \
+            int(self.shard_array(index, field, profile).chunks[0])
+
+    def read_chunk(self, index: int, field: str, c: int, profile: str | None = None) -> np.ndarray:
+        """Chunk ``c`` of the one-dimensional array ``field`` (ids, doc_ids, text, n_tokens,
+        loss, norm) of a complete shard: strings as an object array. Local shards are read
+        straight from the chunk file (store/chunks.py), others through Zarr. CorruptShard
+        when it does not decode."""
+        lay = self._chunk_layout(index, field, profile)
+        try:
+            if lay is not None:
+                return chunks.read(lay, c)
+            arr = self.shard_array(index, field, profile)
+            size = int(arr.chunks[0])
+            return np.asarray(arr[c * size:(c + 1) * size])
+        except Exception as e:  # noqa: BLE001 - codec/decompression/shape errors
+            raise CorruptShard(f"{self._where(index, profile)}: {field} chunk {c} unreadable "
+                               f"({type(e).__name__}: {e})") from None
+
+    def _chunk_layout(self, index: int, field: str, profile: str | None):
+        """store/chunks.py's layout of a complete local shard's array, or None (Zarr reads)."""
+        key = (index, field, profile)
+        cache = self.__dict__.setdefault("_chunk_layouts", {})
+        if key not in cache:
+            path = local_path(self.url)
+            lay = None
+            if path is not None:
+                group = path / self._group_path(profile) / shard_name(index)
+                if chunks.attributes(group).get(COMPLETE_KEY):
+                    lay = chunks.layout(group / field)
+            if lay is None:
+                self.shard_array(index, field, profile)     # an incomplete shard is an error
+            cache[key] = lay
+        return cache[key]
 
     def read_vector_rows(self, index: int, rows: np.ndarray,
                          profile: str | None = None) -> np.ndarray:

@@ -19,7 +19,7 @@ from tda.schemas.config import TrackStarConfig
 from tda.schemas.corpus import CorpusOptions
 from tda.schemas.index import CorpusRecord, EngineRecord, Layout, Manifest, ModelRecord
 from tda.schemas.options import AnnOptions
-from tda.searcher.dense import ShardGroup
+from tda.searcher.dense import BLOCK_MIN_QUERIES, ShardGroup
 from tda.searcher.fanout import DenseSearch, plan
 from tda.searcher.rows import RowReader
 from tda.searcher.searcher import Searcher
@@ -138,8 +138,11 @@ def test_every_exact_path_equals_brute_force_to_the_bit(synth):
         per_query = [exact.search(q[i:i + 1], k) for i in range(len(q))]
         for i, r in enumerate(per_query):                      # FAISS scan, one query
             assert_same(r, tuple(w[i:i + 1] for w in want))
-        assert_same(exact.search(q, k), want)                  # one product per block
+        assert_same(exact.search(q, k), want)                  # FAISS, several queries
         assert_same(ShardGroup(str(path), shards, "stream").search(q, k), want)
+        many = np.concatenate([q, x[::97]])                    # block products: >= 16
+        assert len(many) >= BLOCK_MIN_QUERIES
+        assert_same(exact.search(many, k), brute_force(store, many, k))
     covering = AnnOptions(candidates=N, scan=N)
     ann = ShardGroup(str(path), shards, "ann", ann=covering, persist=False)
     for k in (1, 10, 40):                                      # candidates cover the index
@@ -207,6 +210,36 @@ def test_row_reads_equal_shard_reads(synth):
     assert raw is not None and store._raw_layout(3, None) is None
 
 
+def test_chunk_reads_straight_from_files_equal_zarr(synth, monkeypatch):
+    """Every chunk of every row array, read from its file (store/chunks.py), equals Zarr's
+    read of the same rows, the short last chunk included; an array that module does not read
+    goes through Zarr and gives the same."""
+    path, _ = synth
+    store = IndexStore.open(path)
+    fields = ("ids", "doc_ids", "text", "n_tokens", "loss", "norm")
+    for s in sorted(store.complete_shards()):
+        for field in fields:
+            assert store._chunk_layout(s, field, None) is not None
+            whole = np.asarray(store.shard_array(s, field)[:])
+            size = store.chunk_rows(s, field)
+            parts = [store.read_chunk(s, field, c) for c in range(-(-len(whole) // size))]
+            assert len(parts[-1]) == len(whole) - size * (len(parts) - 1)
+            np.testing.assert_array_equal(np.concatenate(parts), whole)
+            got = np.concatenate(parts)
+            if whole.dtype.kind in "OT":                       # strings: str values
+                assert all(type(v) is str for v in got.tolist())
+            else:
+                assert got.dtype == whole.dtype
+    from tda.store import chunks
+    monkeypatch.setattr(chunks, "layout", lambda array_dir: None)
+    via_zarr = IndexStore.open(path)
+    for field in fields:
+        assert via_zarr._chunk_layout(0, field, None) is None
+        last = -(-SHARD // store.chunk_rows(0, field)) - 1
+        np.testing.assert_array_equal(via_zarr.read_chunk(0, field, last),
+                                      store.read_chunk(0, field, last))
+
+
 def test_row_table_finds_every_id_and_goes_stale(synth, tmp_path):
     path, x = synth
     import shutil
@@ -254,6 +287,8 @@ def test_corrupt_vectors_are_refused_as_they_load(synth, tmp_path):
     res = g.search(queries(x), 50)
     assert not set(res.shards.ravel().tolist()) & {1, 3}
     store = IndexStore.open(own)
+    with pytest.raises(CorruptShard, match="shard 000003: text chunk 0 unreadable"):
+        RowReader(store).fields([(3, 0)])                      # checked when read
     keep = [s for s in shards if s not in (1, 3)]
     scores = brute_force(store, queries(x), N)
     mask = np.isin(scores[1], keep)
@@ -370,3 +405,22 @@ def test_searcher_in_process_from_standard_input(synth, tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     assert json.loads(res.stdout.strip().replace("'", '"'))[:3] == ["e5", f"e{SHARD + 5}",
                                                                      f"e{4 * SHARD + 7}"]
+
+
+@pytest.mark.parametrize("block_rows", [64, 1000])
+def test_block_scorer_keeps_each_querys_top_c(block_rows):
+    """Small blocks (many folds of pending candidates, the early-block top-c cut) and one
+    large block: the running top c of every query equals a full sort of its scores."""
+    from tda.searcher.scoring import BlockScorer
+    rng = np.random.default_rng(3)
+    stored = rng.standard_normal((5000, 32)).astype(np.float16)
+    q = rng.standard_normal((20, 32)).astype(np.float32)
+    scorer = BlockScorer(q, 7, block_rows=block_rows)
+    for start in range(0, 5000, 1700):                         # added in uneven parts
+        scorer.add(stored[start:start + 1700], start)
+    scores, index = scorer.result()
+    full = q.astype(np.float64) @ stored.astype(np.float64).T
+    want = np.argsort(-full, axis=1)[:, :7]
+    np.testing.assert_array_equal(index, want)
+    np.testing.assert_allclose(scores, np.take_along_axis(full, want, 1), atol=1e-5)
+    assert scorer.seen == 5000
