@@ -8,8 +8,8 @@ memory once for all m queries, so its cost is bounded by compute, not by m passe
 widened to float32 block by block into one reused buffer of BLOCK_ROWS rows (4 MB at d = 1024:
 it stays in the last-level cache for the product that reads it). Widening and product are both
 torch's, on its one pool of threads: widening with torch and multiplying with numpy's BLAS
-made the two libraries' thread pools wait on each other at every block (55 against 165 GFLOP/s
-at m = 64 on this machine's AMD CPU, bench/scale.py ``batched``).
+made the two libraries' thread pools wait on each other at every block (README, "Search at
+scale": 0.27 -> 0.66 of the matmul rate at m = 64, bench/scale.py ``batched``).
 
 ``exact_scores`` is the canonical score of a (query, stored vector) pair: the stored values
 widened exactly to float64, the dot product accumulated in float64, rounded to float32. Every
