@@ -18,9 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from numcodecs import VLenUTF8, Zstd
 
 ARRAY_TO_BYTES = ("bytes", "vlen-utf8")
 BYTES_TO_BYTES = ("zstd",)
+_ZSTD, _VLEN_UTF8 = Zstd(), VLenUTF8()          # stateless codecs, made once
 
 
 @dataclass(frozen=True)
@@ -94,11 +96,9 @@ def read(lay: ChunkLayout, c: int) -> np.ndarray:
     except FileNotFoundError:                  # Zarr leaves out chunks equal to the fill value
         return np.full(n, lay.fill, dtype=lay.dtype)
     if lay.zstd:
-        from numcodecs import Zstd
-        data = Zstd().decode(data)
+        data = _ZSTD.decode(data)
     if lay.serializer == "vlen-utf8":
-        from numcodecs import VLenUTF8
-        values = VLenUTF8().decode(data)
+        values = _VLEN_UTF8.decode(data)
     else:
         values = np.frombuffer(data, dtype=lay.dtype)
     if len(values) != lay.chunk_rows:
