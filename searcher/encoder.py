@@ -9,6 +9,7 @@ import torch
 
 from tda.engine import Featurizer, load_model
 from tda.engine.model import check_model
+from tda.engine.sources import ModelSource
 from tda.errors import ModelMismatch
 from tda.store.index import IndexStore
 
@@ -19,11 +20,9 @@ class QueryEncoder:
     Thread-safe: one call at a time holds ``lock`` (text generation takes it too)."""
 
     def __init__(self, store: IndexStore, model_dir: str | Path | None = None,
-                 device: str | None = None):
+                 device: str | None = None, source: ModelSource | None = None):
         manifest = store.manifest
-        source = check_model(model_dir or manifest.model.path, manifest.model.fingerprint,
-                             f"index {store.url}, built from {manifest.model.path}",
-                             None if model_dir else manifest.model.base_model)
+        source = source or self.check(store, model_dir)
         path = source.path
         config = manifest.engine.config
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -45,6 +44,15 @@ class QueryEncoder:
                 f"torch version, or rebuild the index")
         self.config = config
         self.lock = threading.Lock()
+
+    @staticmethod
+    def check(store: IndexStore, model_dir: str | Path | None = None) -> ModelSource:
+        """The model to load for ``store``'s queries: ``model_dir`` or the index's own, checked
+        by fingerprint (ModelMismatch, ModelMissing); reads the model's files, loads nothing."""
+        manifest = store.manifest
+        return check_model(model_dir or manifest.model.path, manifest.model.fingerprint,
+                           f"index {store.url}, built from {manifest.model.path}",
+                           None if model_dir else manifest.model.base_model)
 
     def encode(self, queries: list[tuple[str, str]]) -> np.ndarray:
         """(prompt, target) pairs -> query vectors [m, d] float32, unit rows when the index is

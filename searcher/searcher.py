@@ -38,15 +38,15 @@ class Searcher:
     per query), 'ann' (compressed IVF-PQ, candidates re-scored exactly; ``ann``: AnnOptions),
     'hnsw', 'ivfpq' or a FAISS factory string. Every shard's vectors are checked against their
     checksum as they load: a corrupt one is a CorruptShard, or with ``allow_partial`` it is
-    left out and each response carries a warning. ``load_model=False`` opens a BM25-only
-    searcher (no query vectors, no generated targets). Refuses an index that another process
+    left out and each response carries a warning. The query model goes on loading in the background
+    after open, once its fingerprint is checked (a different model is ModelMismatch at open):
+    the first query that needs it waits for it (``ready()`` waits now). ``load_model=False``
+    opens a BM25-only searcher (no query vectors, no generated targets). Refuses an index that another process
     is writing (IndexBusy) or that is unfinished (IndexIncomplete).
     """
 
     def __init__(self, index: str | Path, options: SearchOptions | None = None, *,
                  load_model: bool = True, **changes):
-        from tda.searcher.fanout import DenseSearch
-
         self.options = dataclasses.replace(options or SearchOptions(), **changes)
         self.index = str(index)
         ensure_not_busy(self.index)
@@ -61,41 +61,84 @@ class Searcher:
         if missing:
             raise IndexIncomplete(f"{self.index}: the index is unfinished (shards "
                                   f"{missing[:10]}); rerun `tda index` to complete it")
-        # the three slow parts start together and overlap (searcher/background.py): BM25 (the
-        # JVM) and the query model on threads of their own, the vectors on this one
-        bm25_path = self.store.bm25_path
-        status = self.store.bm25_status
-        loads = {}
-        if status and status.get("complete"):
-            loads["bm25"] = Background(lambda: BM25(bm25_path), "bm25")
+        # the three slow parts start together and overlap (searcher/background.py): the query
+        # model and BM25 (the JVM) on threads of their own, the vectors on this one; no
+        # collections meanwhile (searcher/heap.py)
+        heap.pause()
+        self._encoder: Background | None = None
+        self._model_checked = threading.Event()
+        self._model_refused: BaseException | None = None
         if load_model:
-            model_dir = self.options.model_dir
-
-            def encoder():
-                from tda.searcher.encoder import QueryEncoder
-                return QueryEncoder(self.store, model_dir)
-            loads["encoder"] = Background(encoder, "encoder")
+            self._encoder = Background(self._load_encoder, "encoder")
+        else:
+            self._model_checked.set()
+        status = self.store.bm25_status
+        bm25 = None
+        if status and status.get("complete"):
+            bm25_path = self.store.bm25_path
+            bm25 = Background(lambda: BM25(bm25_path), "bm25")
         self._bm25_lock = threading.Lock()
         self.rows = RowReader(self.store)
         o = self.options
         try:
+            from tda.searcher.fanout import DenseSearch
             self.dense = DenseSearch(self.index, scheduler=o.scheduler, workers=o.workers,
                                      faiss_index=o.faiss_index,
                                      memory_budget=int(o.memory_budget_gb * 2**30),
                                      allow_partial=o.allow_partial, ann=o.ann,
                                      timeout_s=o.timeout_s)
-            self.encoder = loads["encoder"].result() if "encoder" in loads else None
-            self.bm25 = loads["bm25"].result() if "bm25" in loads else None
+            self.bm25 = bm25.result() if bm25 is not None else None
+            self._model_checked.wait()       # a model that is not the index's is refused here
+            if self._model_refused is not None:
+                raise self._model_refused
         except BaseException:
-            for load in loads.values():          # no thread left starting a JVM or a model
-                load.wait()
+            for load in (self._encoder, bm25):   # no thread left starting a JVM or a model
+                if load is not None:
+                    load.wait()
             self.rows.close()
+            if getattr(self, "dense", None) is not None:
+                self.dense.close()
             raise
+        finally:
+            heap.resume()
         self.default_mode = "both" if self.bm25 is not None else "trackstar"
         self._profiles: dict[str, object] = {}
         self._profiles_lock = threading.Lock()
         heap.hold()                    # the loaded heap out of GC walks (searcher/heap.py)
         self._holds_heap = True
+
+    def _load_encoder(self):
+        """The query model (runs on its own thread from open): checks the model's fingerprint
+        (then sets ``_model_checked``), then imports and loads it."""
+        from tda.searcher.encoder import QueryEncoder
+        heap.pause()
+        try:
+            try:
+                source = QueryEncoder.check(self.store, self.options.model_dir)
+            except BaseException as e:
+                self._model_refused = e
+                raise
+            finally:
+                self._model_checked.set()
+            encoder = QueryEncoder(self.store, self.options.model_dir, source=source)
+        finally:
+            heap.resume()
+        heap.refreeze()                # loaded after open: into the held heap too
+        return encoder
+
+    @property
+    def encoder(self):
+        """The query model (``QueryEncoder``), None when opened with ``load_model=False``. It
+        loads in the background from open (the vectors and BM25 do not wait for it), once its
+        fingerprint has been checked: the first use waits for it and raises what loading
+        raised, every time."""
+        return None if self._encoder is None else self._encoder.result()
+
+    def ready(self) -> "Searcher":
+        """Wait until everything has loaded (the query model included); raises what loading
+        raised. ``tda serve`` calls it before it listens."""
+        _ = self.encoder
+        return self
 
     # ------------------------------------------------------------------ API
     def search(self, prompt: str, target: str | None = None, k: int = 10,
@@ -172,6 +215,8 @@ class Searcher:
                 jobs.append(Job(hit, sh, rw, scored[i], profile))
                 request_of.append(i)
         out: dict[int, list[str]] = {}
+        if not jobs:
+            return out
         for i, job_notes in zip(request_of, explain(self.encoder, self.rows, jobs)):
             for note in job_notes:
                 if note not in out.setdefault(i, []):
@@ -259,7 +304,10 @@ class Searcher:
         return index_info(self.index)
 
     def close(self) -> None:
-        """Stop the dense search (its threads or dask cluster) and the row readers."""
+        """Stop the dense search (its threads or dask cluster) and the row readers; waits for
+        a query model still loading."""
+        if self._encoder is not None:
+            self._encoder.wait()
         self.dense.close()
         self.rows.close()
         if getattr(self, "_holds_heap", False):

@@ -173,6 +173,55 @@ def test_other_normals_are_refused(index, monkeypatch):
         QueryEncoder(store)
 
 
+def test_model_loads_after_open_and_its_failure_reaches_every_query(index, monkeypatch):
+    """The query model loads in the background once its fingerprint is checked: a model that
+    then fails to load does not stop the open, BM25 answers, and every query that needs the
+    model (and ready()) raises the loading error, each time; collections are back on."""
+    import gc
+
+    from tda.errors import ModelError
+    from tda.searcher.encoder import QueryEncoder
+    loading = threading.Event()
+
+    def broken(self, *a, **kw):
+        loading.wait(30)                    # still loading when open returns
+        raise ModelError("weights unreadable (simulated)")
+    monkeypatch.setattr(QueryEncoder, "__init__", broken)
+    was = gc.isenabled()
+    s = Searcher(index, workers=None)
+    try:
+        assert s.search(*QUERIES[0], k=3, mode="bm25").bm25
+        loading.set()
+        for _ in range(2):
+            with pytest.raises(ModelError, match="simulated"):
+                s.search(*QUERIES[0], k=3, mode="trackstar")
+        with pytest.raises(ModelError, match="simulated"):
+            s.ready()
+    finally:
+        loading.set()
+        s.close()
+    assert gc.isenabled() == was
+
+
+def test_collections_pause_while_loading_and_nest():
+    """heap.pause/resume: off from the first pause to the last resume, then as before."""
+    import gc
+
+    from tda.searcher import heap
+    for before in (True, False):
+        (gc.enable if before else gc.disable)()
+        heap.pause()
+        heap.pause()
+        assert not gc.isenabled()
+        heap.resume()
+        assert not gc.isenabled()
+        heap.resume()
+        assert gc.isenabled() == before
+        heap.resume()                        # unmatched: no effect
+        assert gc.isenabled() == before
+    gc.enable()
+
+
 def test_cli_search(index, tmp_path):
     out = tda("search", "Allan Peiper was born in", "--target", " Alexandra", "--index",
               str(index), "-k", "3", "--json")               # in process: no cluster
