@@ -205,6 +205,13 @@ def test_row_reads_equal_shard_reads(synth):
         np.testing.assert_array_equal(
             reader.vectors(np.stack([np.full(25, s), rows], 1)).astype(np.float32),
             whole["vectors"][rows])
+    # many shards at once, raw and Zarr-read ones mixed, in random order, a row twice
+    shards = sorted(store.complete_shards())
+    whole = {s: store.read_stored(s, ("vectors",))["vectors"] for s in shards}
+    locs = np.array([(s, r) for s in shards for r in rng.choice(len(whole[s]), 7, replace=False)])
+    locs = np.concatenate([locs, locs[:1]])[rng.permutation(len(locs) + 1)]
+    np.testing.assert_array_equal(reader.vectors(locs),
+                                  np.stack([whole[s][r] for s, r in locs.tolist()]))
     assert reader.cache.bytes <= 1 << 16                       # bounded
     raw = store._raw_layout(0, None)
     assert raw is not None and store._raw_layout(3, None) is None
