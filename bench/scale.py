@@ -37,6 +37,9 @@ writes it to ``bench/results/scale-<section>.json`` (``--out`` to change):
   scan of the same vectors (an ``IndexScalarQuantizer`` SQfp16, one query), interleaved;
   ``ratio`` = median end-to-end / median bare scan (target <= 1.2). The query's encoding is
   not included (the synthetic index has no model; ``timings_ms`` of a real query shows it).
+- ``rows``: the candidate reads of ``ann`` alone: ``--queries`` sets of ``--candidates``
+  random rows read by row with 4, 8 and 16 reads in flight, page cache dropped first (as root)
+  and then cached; median ms per set.
 - ``documents``: GET /documents/{id} through the HTTP server (the FastAPI app over a
   ``Searcher`` of the ``--n`` set, uvicorn on 127.0.0.1 in this process), ``--requests``
   random ids one after the other: p50 / p99 ms (target p50 <= 10 ms at 1e7).
@@ -465,6 +468,51 @@ def section_e2e(args) -> dict:
     return out
 
 
+def section_rows(args) -> dict:
+    """Candidate reads alone: ``--queries`` sets of ``--candidates`` random (shard, row)
+    locations read by row (``searcher.rows.read_vectors``) with 4, 8 and 16 reads in flight
+    (``READ_THREADS``), each first with the page cache dropped (as root; else as it is) and
+    then again from the cache; median ms per set."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import tda.searcher.rows as rows_mod
+    gen = generator(args)
+    store = open_data(gen, args.n, args.shard_size, args.data_dir)
+    counts = store.complete_shards()
+    shards = np.array(sorted(counts))
+    pool = ThreadPoolExecutor(16)
+    out = {"candidates": args.candidates, "sets": args.queries, "threads": {}}
+    for threads in (4, 8, 16):
+        rng = np.random.default_rng(threads)
+        sets = []
+        for _ in range(args.queries):
+            s = rng.choice(shards, args.candidates)
+            sets.append(np.stack([s, (rng.random(len(s)) * [counts[x] for x in s]).astype(
+                np.int64)], axis=1))
+        dropped = _drop_page_cache()
+        rows_mod.READ_THREADS = threads
+        times = {}
+        for state in ("cold", "cached"):
+            ts = []
+            for locs in sets:
+                _, t = _timed(lambda locs=locs: rows_mod.read_vectors(store, locs, None, pool))
+                ts.append(t * 1e3)
+            times[state] = round(float(np.median(ts)), 1)
+        out["threads"][str(threads)] = {**times, "page_cache_dropped": dropped}
+    return out
+
+
+def _drop_page_cache() -> bool:
+    """Write back and drop the page cache (root only); False when not allowed."""
+    try:
+        os.sync()
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("1\n")
+        return True
+    except OSError:
+        return False
+
+
 def section_documents(args) -> dict:
     import threading as th
 
@@ -684,7 +732,8 @@ def generator(args) -> Clustered:
 
 SECTIONS = {"flops": section_flops, "batched": section_batched, "truth": section_truth,
             "ann": section_ann, "e2e": section_e2e, "documents": section_documents,
-            "startup": section_startup, "real": section_real, "small": section_small}
+            "startup": section_startup, "real": section_real, "small": section_small,
+            "rows": section_rows}
 
 
 def main() -> None:

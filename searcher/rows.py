@@ -21,10 +21,9 @@ from tda.store.rowtable import RowTable, source_digest
 
 FIELDS = ("ids", "doc_ids", "text", "n_tokens", "loss")
 CACHE_BYTES = 64 << 20
-# row reads in flight at once. 1,000 random rows of the 21 GB index at 10^7, page cache dropped
-# / cached (median of 20 reads, 3 runs): 8 threads 53-56 / 30 ms; 4 threads 53-297 / 15 ms;
-# 16 threads 62-86 / 39 ms (more threads: more interpreter-lock handoffs). Before (a task per
-# shard on 16 threads, a Python file object per row): 218-366 / 123 ms.
+# row reads in flight at once: 1,000 random rows of the 21 GB index at 10^7, page cache dropped
+# / cached, median of 20 sets over 3 runs (bench/scale.py rows): 8 threads 50.8 / 26.6 ms;
+# 4: 68.0 / 20.1 ms; 16: 69.1 / 34.3 ms (more threads, more interpreter-lock handoffs)
 READ_THREADS = 8
 
 

@@ -85,6 +85,30 @@ def layout(array_dir: Path) -> ChunkLayout | None:
         return None
 
 
+def vector_layout(array_dir: Path) -> tuple[str, int, int, np.dtype] | None:
+    """(chunk directory, rows per chunk, d, dtype) of the two-dimensional array stored in
+    ``array_dir`` when each row is d raw little-endian values at ``row * d * itemsize`` of
+    its chunk file (chunks span whole rows, codec ``bytes`` alone), else None."""
+    try:
+        meta = json.loads((array_dir / "zarr.json").read_text())
+        shape = meta["shape"]
+        grid = meta["chunk_grid"]
+        enc = meta["chunk_key_encoding"]
+        codecs = meta["codecs"]
+        chunk = grid["configuration"]["chunk_shape"]
+        if (meta.get("zarr_format") != 3 or len(shape) != 2 or grid["name"] != "regular"
+                or chunk[1] != shape[1] or enc["name"] != "default"
+                or enc.get("configuration", {}).get("separator", "/") != "/"
+                or meta.get("storage_transformers") or len(codecs) != 1
+                or codecs[0]["name"] != "bytes"
+                or codecs[0].get("configuration", {}).get("endian", "little") != "little"):
+            return None
+        return (str(array_dir / "c"), int(chunk[0]), int(shape[1]),
+                np.dtype(meta["data_type"]).newbyteorder("<"))
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return None
+
+
 def read(lay: ChunkLayout, c: int) -> np.ndarray:
     """Chunk ``c`` of the array: its rows [min(chunk_rows, rows - c * chunk_rows)], strings as
     an object array. ValueError when the stored bytes do not decode to a whole chunk."""

@@ -415,21 +415,22 @@ class IndexStore:
             out[idx] = self.read_rows(shard, "vectors", np.asarray(locs)[idx, 1], profile)
 
     def _raw_layout(self, index: int, profile: str | None):
-        """(chunk directory, rows per chunk, d, dtype) when a shard's vectors are stored as raw
-        little-endian chunks in a local directory, else None (read through Zarr)."""
+        """(chunk directory, rows per chunk, d, dtype) when a complete shard's vectors are
+        stored as raw little-endian chunks in a local directory (store/chunks.py reads its
+        zarr.json, without opening the array through Zarr), else None (read through Zarr);
+        IndexIncomplete for an unfinished shard."""
         key = (index, profile)
         cache = self.__dict__.setdefault("_raw_layouts", {})
         if key not in cache:
-            arr = self.shard_array(index, "vectors", profile)
-            enc = arr.metadata.chunk_key_encoding
-            ok = (isinstance(arr.store, zarr.storage.LocalStore) and not arr.compressors
-                  and not arr.filters and enc.name == "default"
-                  and getattr(enc, "separator", "/") == "/"
-                  and getattr(arr.serializer, "endian", None) is not None
-                  and arr.serializer.endian.value == "little"
-                  and arr.chunks[1] == arr.shape[1])
-            cache[key] = (str(Path(arr.store.root) / arr.path / "c"), arr.chunks[0],
-                          arr.shape[1], np.dtype(arr.dtype)) if ok else None
+            path = local_path(self.url)
+            lay = None
+            if path is not None:
+                group = path / self._group_path(profile) / shard_name(index)
+                if chunks.attributes(group).get(COMPLETE_KEY):
+                    lay = chunks.vector_layout(group / "vectors")
+            if lay is None:
+                self.shard_array(index, "vectors", profile)   # an incomplete shard is an error
+            cache[key] = lay
         return cache[key]
 
     def shard_array(self, index: int, field: str, profile: str | None = None):
