@@ -60,7 +60,8 @@ writes it to ``bench/results/scale-<section>.json`` (``--out`` to change):
   the query model goes on loading after it returns), interleaved round by round with
   ``model_load_floor``: a process that only imports torch and transformers and loads the
   index's model (``AutoModelForCausalLM`` and its tokenizer), which any query vector needs; its
-  ratio to ``tda search`` says how much of the wall time tda adds on this machine, as it runs.
+  ratio to ``tda search`` says how much of the wall time tda adds on this machine, as it runs
+  (``import_torch_s``: a process that only imports torch).
 """
 from __future__ import annotations
 
@@ -682,7 +683,8 @@ def section_small(args) -> dict:
              "import torch; from transformers import AutoModelForCausalLM, AutoTokenizer; "
              f"AutoModelForCausalLM.from_pretrained({model!r}); "
              f"AutoTokenizer.from_pretrained({model!r})"]
-    search_s, open_s, floor_s = [], [], []
+    torch_only = [sys.executable, "-c", "import torch"]
+    search_s, open_s, floor_s, torch_s = [], [], [], []
     for _ in range(args.rounds):
         _, t = _timed(lambda: subprocess.run(cmd, check=True, env=env, capture_output=True))
         search_s.append(t)
@@ -691,6 +693,9 @@ def section_small(args) -> dict:
         open_s.append(float(res.stdout.strip().splitlines()[-1]))
         _, t = _timed(lambda: subprocess.run(floor, check=True, env=env, capture_output=True))
         floor_s.append(t)
+        _, t = _timed(lambda: subprocess.run(torch_only, check=True, env=env,
+                                             capture_output=True))
+        torch_s.append(t)
     med = statistics.median
     out = {"index": str(index), "tda_search_wall_s": [round(t, 2) for t in search_s],
            "searcher_open_s": [round(t, 2) for t in open_s],
@@ -698,6 +703,7 @@ def section_small(args) -> dict:
            "tda_search_median_s": round(med(search_s), 2),
            "searcher_open_median_s": round(med(open_s), 2),
            "model_load_floor_median_s": round(med(floor_s), 2),
+           "import_torch_s": [round(t, 2) for t in torch_s],
            "tda_search_over_floor": round(med(s / f for s, f in zip(search_s, floor_s)), 3),
            "machine": machine()}
     out["target"] = {"tda_search_s": "<= 5", "searcher_open_s": "<= 3",
