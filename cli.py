@@ -532,7 +532,7 @@ def main(args: list[str] | None = None) -> None:
         sys.exit(1)
     finally:
         # the interpreter's last collections would walk the whole loaded heap (torch,
-        # transformers, a model): 1.0-1.4 s of `tda search`'s exit on a 2-core machine
+        # transformers, a model) on the way out: a second or more of `tda search` on 2 cores
         gc.freeze()
 
 

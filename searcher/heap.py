@@ -2,9 +2,8 @@
 
 Loading (importing torch and transformers, the model, the index) allocates hundreds of
 thousands of long-lived objects and no garbage worth collecting; CPython's collections during
-it each walk everything allocated so far: 0.5-0.7 s of the 4.3-4.6 s that `import torch;
-from transformers import GPT2LMHeadModel` takes on a 2-core machine. ``pause()`` /
-``resume()`` turn collections off for that time (counted, so overlapping loads nest; the
+it each walk everything allocated so far, a noticeable share of the import time. ``pause()``
+/ ``resume()`` turn collections off for that time (counted, so overlapping loads nest; the
 collector is left as it was found).
 
 Once loaded, the heap (~400k tracked objects for a tiny GPT-2) is frozen out of collections:

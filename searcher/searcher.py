@@ -38,11 +38,12 @@ class Searcher:
     per query), 'ann' (compressed IVF-PQ, candidates re-scored exactly; ``ann``: AnnOptions),
     'hnsw', 'ivfpq' or a FAISS factory string. Every shard's vectors are checked against their
     checksum as they load: a corrupt one is a CorruptShard, or with ``allow_partial`` it is
-    left out and each response carries a warning. The query model goes on loading in the background
-    after open, once its fingerprint is checked (a different model is ModelMismatch at open):
-    the first query that needs it waits for it (``ready()`` waits now). ``load_model=False``
-    opens a BM25-only searcher (no query vectors, no generated targets). Refuses an index that another process
-    is writing (IndexBusy) or that is unfinished (IndexIncomplete).
+    left out and each response carries a warning. The query model goes on loading in the
+    background after open, once its fingerprint is checked (a different model is
+    ModelMismatch at open): the first query that needs it waits for it (``ready()`` waits
+    now). ``load_model=False`` opens a BM25-only searcher (no query vectors, no generated
+    targets). Refuses an index that another process is writing (IndexBusy) or that is
+    unfinished (IndexIncomplete).
     """
 
     def __init__(self, index: str | Path, options: SearchOptions | None = None, *,
@@ -69,6 +70,7 @@ class Searcher:
         self._model_checked = threading.Event()
         self._model_refused: BaseException | None = None
         if load_model:
+            heap.pause()                     # resumed by the loading thread when it ends
             self._encoder = Background(self._load_encoder, "encoder")
         else:
             self._model_checked.set()
@@ -109,11 +111,11 @@ class Searcher:
 
     def _load_encoder(self):
         """The query model (runs on its own thread from open): checks the model's fingerprint
-        (then sets ``_model_checked``), then imports and loads it."""
-        from tda.searcher.encoder import QueryEncoder
-        heap.pause()
+        (then sets ``_model_checked``, whatever happened), then imports and loads it; ends the
+        collector pause open started for it."""
         try:
             try:
+                from tda.searcher.encoder import QueryEncoder
                 source = QueryEncoder.check(self.store, self.options.model_dir)
             except BaseException as e:
                 self._model_refused = e
