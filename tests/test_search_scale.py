@@ -247,6 +247,25 @@ def test_chunk_reads_straight_from_files_equal_zarr(synth, monkeypatch):
                                       store.read_chunk(0, field, last))
 
 
+def test_a_truncated_vector_chunk_is_refused_when_read(synth, tmp_path):
+    """Re-scoring reads single rows straight from the raw chunk files: a row past a truncated
+    chunk's end is a CorruptShard naming the shard and the chunk, rows before it still read."""
+    import shutil
+    from pathlib import Path
+
+    path, x = synth
+    own = tmp_path / "index"
+    shutil.copytree(path, own)
+    store = IndexStore.open(own)
+    directory, chunk_rows, dim, dtype = store._raw_layout(1, None)
+    chunk = Path(directory) / "0" / "0"
+    chunk.write_bytes(chunk.read_bytes()[:10 * dim * dtype.itemsize])    # 10 rows left
+    np.testing.assert_array_equal(store.read_vector_rows(1, [3, 9]).astype(np.float32),
+                                  x[[SHARD + 3, SHARD + 9]].astype(np.float16))
+    with pytest.raises(CorruptShard, match=r"shard 000001.*vectors chunk 0 is truncated"):
+        store.read_vector_rows(1, [3, 11])
+
+
 def test_row_table_finds_every_id_and_goes_stale(synth, tmp_path):
     path, x = synth
     import shutil
