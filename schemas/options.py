@@ -27,8 +27,8 @@ def _model_for_queries() -> Any:
                default=None, flag="--model")
 
 
-def _scheduler() -> Any:
-    return doc("Existing dask scheduler (tcp://HOST:PORT); default: a local cluster.",
+def _scheduler(otherwise: str = "a local cluster") -> Any:
+    return doc(f"Existing dask scheduler (tcp://HOST:PORT); default: {otherwise}.",
                default=None)
 
 
@@ -262,7 +262,7 @@ class SearchOptions:
     """How an index is searched (`tda search`, `tda serve`, ``tda.Searcher``)."""
 
     model_dir: str | None = _model_for_queries()
-    scheduler: str | None = _scheduler()
+    scheduler: str | None = _scheduler("none (see --workers)")
     workers: int | None = doc("Start a local dask cluster of this many worker processes "
                               "(default: search in this process on threads, unless the index "
                               "is over one process's memory budget; ignored with --scheduler).",
