@@ -51,23 +51,32 @@ def attributes(node_dir: Path) -> dict:
     return attrs if isinstance(attrs, dict) else {}
 
 
-def layout(array_dir: Path) -> ChunkLayout | None:
-    """The layout of the array stored in ``array_dir``, or None when it is not one this module
-    reads (the caller then goes through Zarr)."""
+def _plain_meta(array_dir: Path, ndim: int) -> dict | None:
+    """The zarr.json of the array in ``array_dir`` when it is a Zarr v3 array of ``ndim``
+    dimensions on a regular grid with the default "/" chunk keys and no storage transformers
+    (the only kind read here), else None."""
     try:
         meta = json.loads((array_dir / "zarr.json").read_text())
-    except (OSError, ValueError):
+        enc = meta["chunk_key_encoding"]
+        if (meta.get("zarr_format") != 3 or len(meta["shape"]) != ndim
+                or meta["chunk_grid"]["name"] != "regular" or enc["name"] != "default"
+                or enc.get("configuration", {}).get("separator", "/") != "/"
+                or meta.get("storage_transformers") or not meta["codecs"]):
+            return None
+        return meta
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def layout(array_dir: Path) -> ChunkLayout | None:
+    """The layout of the one-dimensional array stored in ``array_dir``, or None when it is not
+    one this module reads (the caller then goes through Zarr)."""
+    meta = _plain_meta(array_dir, 1)
+    if meta is None:
         return None
     try:
-        shape = meta["shape"]
-        grid = meta["chunk_grid"]
-        enc = meta["chunk_key_encoding"]
         codecs = meta["codecs"]
-        if (meta.get("zarr_format") != 3 or len(shape) != 1 or grid["name"] != "regular"
-                or enc["name"] != "default"
-                or enc.get("configuration", {}).get("separator", "/") != "/"
-                or meta.get("storage_transformers") or not codecs
-                or codecs[0]["name"] not in ARRAY_TO_BYTES
+        if (codecs[0]["name"] not in ARRAY_TO_BYTES
                 or any(c["name"] not in BYTES_TO_BYTES for c in codecs[1:]) or len(codecs) > 2):
             return None
         serializer = codecs[0]["name"]
@@ -78,9 +87,9 @@ def layout(array_dir: Path) -> ChunkLayout | None:
         else:
             endian = codecs[0].get("configuration", {}).get("endian", "little")
             dtype = np.dtype(meta["data_type"]).newbyteorder("<" if endian == "little" else ">")
-        return ChunkLayout(array_dir / "c", int(shape[0]),
-                           int(grid["configuration"]["chunk_shape"][0]), dtype, serializer,
-                           len(codecs) == 2, meta.get("fill_value"))
+        return ChunkLayout(array_dir / "c", int(meta["shape"][0]),
+                           int(meta["chunk_grid"]["configuration"]["chunk_shape"][0]), dtype,
+                           serializer, len(codecs) == 2, meta.get("fill_value"))
     except (KeyError, TypeError, ValueError, IndexError):
         return None
 
@@ -89,23 +98,18 @@ def vector_layout(array_dir: Path) -> tuple[str, int, int, np.dtype] | None:
     """(chunk directory, rows per chunk, d, dtype) of the two-dimensional array stored in
     ``array_dir`` when each row is d raw little-endian values at ``row * d * itemsize`` of
     its chunk file (chunks span whole rows, codec ``bytes`` alone), else None."""
+    meta = _plain_meta(array_dir, 2)
+    if meta is None:
+        return None
     try:
-        meta = json.loads((array_dir / "zarr.json").read_text())
-        shape = meta["shape"]
-        grid = meta["chunk_grid"]
-        enc = meta["chunk_key_encoding"]
-        codecs = meta["codecs"]
-        chunk = grid["configuration"]["chunk_shape"]
-        if (meta.get("zarr_format") != 3 or len(shape) != 2 or grid["name"] != "regular"
-                or chunk[1] != shape[1] or enc["name"] != "default"
-                or enc.get("configuration", {}).get("separator", "/") != "/"
-                or meta.get("storage_transformers") or len(codecs) != 1
-                or codecs[0]["name"] != "bytes"
+        shape, codecs = meta["shape"], meta["codecs"]
+        chunk = meta["chunk_grid"]["configuration"]["chunk_shape"]
+        if (chunk[1] != shape[1] or len(codecs) != 1 or codecs[0]["name"] != "bytes"
                 or codecs[0].get("configuration", {}).get("endian", "little") != "little"):
             return None
         return (str(array_dir / "c"), int(chunk[0]), int(shape[1]),
                 np.dtype(meta["data_type"]).newbyteorder("<"))
-    except (OSError, ValueError, KeyError, TypeError, IndexError):
+    except (KeyError, TypeError, ValueError, IndexError):
         return None
 
 

@@ -359,15 +359,24 @@ class IndexStore:
         key = (index, field, profile)
         cache = self.__dict__.setdefault("_chunk_layouts", {})
         if key not in cache:
-            path = local_path(self.url)
-            lay = None
-            if path is not None:
-                group = path / self._group_path(profile) / shard_name(index)
-                if chunks.attributes(group).get(COMPLETE_KEY):
-                    lay = chunks.layout(group / field)
+            group = self._complete_local_shard(index, profile)
+            lay = chunks.layout(group / field) if group is not None else None
             if lay is None:
                 self.shard_array(index, field, profile)     # an incomplete shard is an error
             cache[key] = lay
+        return cache[key]
+
+    def _complete_local_shard(self, index: int, profile: str | None) -> Path | None:
+        """The directory of shard ``index`` when the index is local and the shard's own
+        zarr.json marks it complete (read once per shard), else None."""
+        key = (index, profile)
+        cache = self.__dict__.setdefault("_complete_local", {})
+        if key not in cache:
+            path = local_path(self.url)
+            group = None if path is None else \
+                path / self._group_path(profile) / shard_name(index)
+            cache[key] = group if group is not None and \
+                chunks.attributes(group).get(COMPLETE_KEY) else None
         return cache[key]
 
     def read_vector_rows(self, index: int, rows: np.ndarray,
@@ -388,13 +397,12 @@ class IndexStore:
         raw) are read with one ``pread`` of d values per row (os.open / os.preadv / os.close,
         no Python file object: about 10-15 us a row from the page cache, the syscalls outside
         the interpreter lock); others through Zarr, shard by shard."""
+        locs = np.asarray(locs, dtype=np.int64)
         view = out.view(np.uint8).reshape(len(out), -1)
         row_bytes = view.shape[1]
         through_zarr: dict[int, list[int]] = {}
-        layouts: dict[int, tuple | None] = {}
-        for i, (shard, row) in enumerate(np.asarray(locs, dtype=np.int64).tolist()):
-            raw = layouts[shard] if shard in layouts else \
-                layouts.setdefault(shard, self._raw_layout(shard, profile))
+        for i, (shard, row) in enumerate(locs.tolist()):
+            raw = self._raw_layout(shard, profile)
             if raw is None:
                 through_zarr.setdefault(shard, []).append(i)
                 continue
@@ -412,7 +420,7 @@ class IndexStore:
                 raise CorruptShard(f"{self._where(shard, profile)}: vectors chunk {c} is "
                                    f"truncated")
         for shard, idx in through_zarr.items():
-            out[idx] = self.read_rows(shard, "vectors", np.asarray(locs)[idx, 1], profile)
+            out[idx] = self.read_rows(shard, "vectors", locs[idx, 1], profile)
 
     def _raw_layout(self, index: int, profile: str | None):
         """(chunk directory, rows per chunk, d, dtype) when a complete shard's vectors are
@@ -422,12 +430,8 @@ class IndexStore:
         key = (index, profile)
         cache = self.__dict__.setdefault("_raw_layouts", {})
         if key not in cache:
-            path = local_path(self.url)
-            lay = None
-            if path is not None:
-                group = path / self._group_path(profile) / shard_name(index)
-                if chunks.attributes(group).get(COMPLETE_KEY):
-                    lay = chunks.vector_layout(group / "vectors")
+            group = self._complete_local_shard(index, profile)
+            lay = chunks.vector_layout(group / "vectors") if group is not None else None
             if lay is None:
                 self.shard_array(index, "vectors", profile)   # an incomplete shard is an error
             cache[key] = lay
